@@ -1,0 +1,1 @@
+"""mandc package."""
