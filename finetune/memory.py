@@ -1,0 +1,98 @@
+"""Peak-memory meter for a block of work.
+
+- **CUDA**: the caching allocator's ``max_memory_allocated`` (reset at entry), minus what was allocated at
+  entry. This is the figure papers report (tensor memory, not the allocator's reserved slack).
+- **CPU**: the kernel's peak resident set size (``VmHWM`` in ``/proc/self/status``), reset at entry by
+  writing ``5`` to ``/proc/self/clear_refs``, minus the RSS at entry. Enter the meter *before* the model
+  loads, in a fresh process, so the figure is "model + training state + activations" and not whatever an
+  earlier job left in the allocator. Where ``clear_refs`` is not writable (non-Linux), the peak is the
+  process-lifetime peak from ``resource.getrusage`` and ``reset`` is reported as False.
+"""
+from __future__ import annotations
+
+import os
+import resource
+from dataclasses import dataclass, field
+
+import torch
+
+
+def _status_kib(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def current_rss_bytes() -> int:
+    kib = _status_kib("VmRSS")
+    return kib * 1024 if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _reset_cpu_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _cpu_peak_bytes() -> int:
+    kib = _status_kib("VmHWM")
+    return kib * 1024 if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@dataclass
+class PeakMemory:
+    """Context manager: ``with PeakMemory(device) as m: ...`` then ``m.peak_bytes``.
+
+    ``peak_bytes`` is the peak *above* the footprint at entry (see module docstring for the method).
+    """
+
+    device: str | torch.device = "cpu"
+    base_bytes: int = 0
+    peak_bytes: int = 0
+    method: str = ""
+    reset: bool = True
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def is_cuda(self) -> bool:
+        return torch.device(self.device).type == "cuda"
+
+    def __enter__(self) -> "PeakMemory":
+        if self.is_cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base_bytes = torch.cuda.memory_allocated(self.device)
+            self.method = "cuda_max_memory_allocated"
+        else:
+            self.reset = _reset_cpu_peak()
+            self.base_bytes = current_rss_bytes()
+            self.method = "cpu_peak_rss" if self.reset else "cpu_peak_rss_lifetime"
+        return self
+
+    def sample(self) -> int:
+        """Peak so far, above the entry footprint."""
+        if self.is_cuda:
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            peak = _cpu_peak_bytes()
+        self.peak_bytes = max(self.peak_bytes, peak - self.base_bytes)
+        return self.peak_bytes
+
+    def __exit__(self, *exc) -> None:
+        self.sample()
+
+    def to_dict(self) -> dict:
+        return {"peak_mem_bytes": int(self.peak_bytes), "base_bytes": int(self.base_bytes),
+                "method": self.method, "device": str(self.device)}
+
+
+__all__ = ["PeakMemory", "current_rss_bytes"]

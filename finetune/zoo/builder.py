@@ -1,0 +1,315 @@
+"""Building and caching zoo models.
+
+A model is built on first use into ``$MANDC_HOME/zoo/NAME/`` (default ``~/.cache/mandc``): a diffusers
+folder (:class:`finetune.pipeline.MandcPixelPipeline`), a ``README.md`` card and ``samples.png``.
+Builds are atomic: everything is written into a temporary sibling folder, which is renamed into place
+last, under a per-model file lock, so a half-built or concurrently built model never looks built.
+
+Pretraining data are catalog datasets of the spec's mixture, drawn with seeds ``≠ 0`` (the canonical
+evaluation data are seed 0, so no zoo model has seen them). Each family gets its mixture weight, spread
+evenly over its examples; batches are drawn with those weights.
+
+**The shared MiniLM.** Every zoo model carries the same frozen 88 MB text encoder. Its weight file is
+stored once, in a content-addressed store ``$MANDC_HOME/zoo/.blobs/<sha256>``, and each model's
+``text_encoder/model.safetensors`` is a *hard link* to it (a plain copy where the filesystem cannot link).
+So each model folder stays an ordinary, self-contained diffusers folder — deleting one model, or the
+store, never breaks another — while the disk holds one copy. The blob is made read-only, and
+:meth:`finetune.model.T2IModel.save_pretrained` refuses to write into the zoo cache, because an in-place
+write through one link would change every model's text encoder.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from finetune.refs import ModelRefError
+from finetune.zoo.card import read_card, write_card
+from finetune.zoo.specs import PRETRAIN_SEED, PROMPT_TOKENS, SCHEDULER_CONFIG, ZOO, ZooSpec
+
+GRID_PROMPTS = 32        # samples in each model's card grid
+GRID_GUIDANCE = 2.0      # classifier-free guidance scale used for the card grid
+GRID_STEPS = 25          # DDIM steps for the card grid
+_SHARED_MIN_BYTES = 1 << 20  # text-encoder files at least this big go to the shared store
+
+
+def mandc_home() -> Path:
+    """``$MANDC_HOME`` or ``~/.cache/mandc``: the root of everything mandc caches."""
+    return Path(os.environ.get("MANDC_HOME") or "~/.cache/mandc").expanduser()
+
+
+def zoo_home() -> Path:
+    """Folder holding the built zoo models: ``mandc_home()/zoo``."""
+    return mandc_home() / "zoo"
+
+
+def get_spec(name: str) -> ZooSpec:
+    """The :class:`ZooSpec` called ``name``; an unknown name raises an error that lists the zoo."""
+    try:
+        return ZOO[name]
+    except (KeyError, TypeError):
+        raise ModelRefError(f"unknown zoo model {name!r}; the zoo has: {', '.join(ZOO)}") from None
+
+
+def zoo_path(name: str) -> Path:
+    """Where model ``name`` lives once built (whether or not it is built yet)."""
+    return zoo_home() / get_spec(name).name
+
+
+def is_built(name: str) -> bool:
+    """True when ``name`` is completely built (the card is written last, inside the atomic rename)."""
+    p = zoo_path(name)
+    return (p / "model_index.json").is_file() and (p / "README.md").is_file()
+
+
+def load_card(name: str) -> dict:
+    """The YAML front matter of ``name``'s model card; raises if the model is not built."""
+    if not is_built(name):
+        raise FileNotFoundError(f"zoo model {name!r} is not built yet (expected at {zoo_path(name)}); "
+                                f"build it with finetune.zoo.build({name!r})")
+    return read_card(zoo_path(name) / "README.md")
+
+
+# ---------------------------------------------------------------------------------------------- building
+def new_pipeline(spec: ZooSpec):
+    """A freshly initialised :class:`MandcPixelPipeline` for ``spec`` (seeded with ``spec.seed``)."""
+    import torch
+    from diffusers import DDPMScheduler, PixArtTransformer2DModel, UNet2DConditionModel
+    from transformers import AutoTokenizer, BertModel
+
+    from data.text import minilm_path
+    from finetune.pipeline import MandcPixelPipeline
+
+    torch.manual_seed(spec.seed)
+    cls = UNet2DConditionModel if spec.family == "unet" else PixArtTransformer2DModel
+    denoiser = cls(**spec.denoiser)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    tokenizer.model_max_length = PROMPT_TOKENS  # T2IModel pads/truncates prompts to this length
+    text_encoder = BertModel.from_pretrained(minilm_path())
+    kind = "unet" if spec.family == "unet" else "transformer"
+    return MandcPixelPipeline(scheduler=DDPMScheduler(**SCHEDULER_CONFIG), text_encoder=text_encoder,
+                              tokenizer=tokenizer, **{kind: denoiser})
+
+
+@functools.lru_cache(maxsize=None)
+def _catalog_pairs(dataset: str, n: int):
+    """``(pixels [n, 3, 32, 32], captions)`` of one catalog dataset at the pretraining seed, both splits
+    (cached per process: zoo models share pretraining data)."""
+    import torch
+
+    from data.catalog import load_builtin
+
+    ds = load_builtin(dataset, seed=PRETRAIN_SEED, n=n)
+    pixels = torch.cat([ds.train.to_tensor(32), ds.heldout.to_tensor(32)])
+    return pixels, tuple(ds.train.captions) + tuple(ds.heldout.captions)
+
+
+def pretraining_data(spec: ZooSpec, model):
+    """``(EncodedData, datasets, captions)`` for ``spec``'s mixture: every catalog dataset of each mixture family,
+    with per-example weights ``w_family / (Σw · n_family)``."""
+    import torch
+
+    from data.catalog import list_catalog
+    from finetune.train import EncodedData
+
+    total = sum(spec.mixture.values())
+    pixels, captions, weights, datasets = [], [], [], []
+    for family, w in spec.mixture.items():
+        entries = sorted(list_catalog(family), key=lambda e: e.name)
+        if not entries:
+            raise ValueError(f"zoo spec {spec.name}: the catalog has no datasets of family {family!r}")
+        fam_px, fam_caps = [], []
+        for e in entries:
+            px, caps = _catalog_pairs(e.name, spec.per_dataset)
+            fam_px.append(px)
+            fam_caps += caps
+            datasets.append(e.name)
+        n = len(fam_caps)
+        pixels += fam_px
+        captions += fam_caps
+        weights.append(torch.full((n,), w / (total * n), dtype=torch.float64))
+    data = EncodedData.encode(model, torch.cat(pixels), captions, torch.cat(weights))
+    return data, datasets, captions
+
+
+def _grid_prompts(spec: ZooSpec, captions: list[str], data) -> list[str]:
+    """``GRID_PROMPTS`` pretraining captions drawn with the mixture weights (seeded), i.e. the model's domain."""
+    import torch
+
+    g = torch.Generator().manual_seed(spec.seed)
+    idx = torch.multinomial(data.weights, GRID_PROMPTS, replacement=False, generator=g)
+    return [captions[i] for i in idx.tolist()]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _share_text_encoder(folder: Path) -> None:
+    """Replace big text-encoder files in ``folder`` by hard links into the content-addressed store."""
+    store = zoo_home() / ".blobs"
+    store.mkdir(parents=True, exist_ok=True)
+    for f in sorted((folder / "text_encoder").iterdir()):
+        if not f.is_file() or f.stat().st_size < _SHARED_MIN_BYTES:
+            continue
+        blob = store / _sha256(f)
+        try:
+            if not blob.exists():
+                tmp = blob.with_name(f"{blob.name}.{os.getpid()}.tmp")
+                os.link(f, tmp)
+                os.chmod(tmp, 0o444)
+                os.replace(tmp, blob)
+            link = f.with_name(f.name + ".link")
+            os.link(blob, link)
+            os.replace(link, f)
+        except OSError:  # no hard links here (other filesystem, FAT...): keep the private copy
+            continue
+
+
+@contextlib.contextmanager
+def _build_lock(name: str):
+    """Exclusive per-model lock file, so two processes never build the same model at once."""
+    zoo_home().mkdir(parents=True, exist_ok=True)
+    with open(zoo_home() / f".{name}.lock", "w") as fh:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no cross-process lock, the atomic rename still protects readers
+            yield
+            return
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("mandc", "torch", "diffusers", "transformers"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def build(name: str, force: bool = False, steps: int | None = None,
+          progress: Callable[[int, int], None] | None = None) -> Path:
+    """Build zoo model ``name`` (if needed) and return its folder.
+
+    A built model is reused unless ``force`` is set or ``steps`` asks for a different step count than the
+    one it was built with (``steps`` overrides the spec's, for quick builds in tests and demos).
+    ``progress(done_steps, total_steps)`` is called after every training step.
+    """
+    from finetune.images import save_grid
+    from finetune.model import T2IModel
+    from finetune.train import TrainConfig, train_denoiser
+
+    spec = get_spec(name)
+    final = zoo_path(name)
+    with _build_lock(spec.name):
+        if is_built(name) and not force and (steps is None or load_card(name).get("steps") == steps):
+            return final
+        for stale in zoo_home().glob(f".{spec.name}.build-*"):  # left by a killed build; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        t0 = time.perf_counter()
+        tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}.build-", dir=zoo_home()))
+        try:
+            model = T2IModel(new_pipeline(spec))
+            data, datasets, captions = pretraining_data(spec, model)
+            config = TrainConfig(steps=spec.steps if steps is None else steps, batch_size=spec.batch_size,
+                                 lr=spec.lr, warmup_steps=spec.warmup_steps, seed=spec.seed)
+            result = train_denoiser(model, data, config, progress)
+            model.pipeline.save_pretrained(str(tmp))
+            _share_text_encoder(tmp)
+            prompts = _grid_prompts(spec, captions, data)
+            images = model.sample(prompts, steps=GRID_STEPS, seed=0, guidance_scale=GRID_GUIDANCE)
+            save_grid(images, tmp / "samples.png", nrow=8)
+            meta = _card_meta(spec, model, config, result, datasets, len(data), time.perf_counter() - t0)
+            write_card(tmp, meta, _card_body(spec, meta, prompts))
+            if final.exists():  # force: move the old build aside first (a directory rename is atomic)
+                old = Path(tempfile.mkdtemp(prefix=f".{spec.name}.build-old-", dir=zoo_home()))
+                os.replace(final, old / "model")
+            os.replace(tmp, final)
+        finally:
+            for leftover in zoo_home().glob(f".{spec.name}.build-*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+    return final
+
+
+def _card_meta(spec: ZooSpec, model, config, result, datasets: list[str], n_images: int, seconds: float) -> dict:
+    total = sum(spec.mixture.values())
+    tail = result.losses[-50:]
+    return {
+        "library_name": "diffusers",
+        "pipeline_tag": "text-to-image",
+        "tags": ["mandc-zoo", "pixel-space", spec.family],
+        "name": spec.name,
+        "family": spec.family,
+        "description": spec.description,
+        "denoiser_class": type(model.denoiser).__name__,
+        "parameters": {"denoiser": model.num_parameters("denoiser"),
+                       "text_encoder": model.num_parameters("text_encoder")},
+        "mixture": {k: round(v / total, 4) for k, v in spec.mixture.items()},
+        "datasets": datasets,
+        "dataset_seed": PRETRAIN_SEED,
+        "n_images": n_images,
+        "steps": config.steps,
+        "batch_size": config.batch_size,
+        "lr": config.lr,
+        "warmup_steps": config.warmup_steps,
+        "seed": spec.seed,
+        "final_loss": round(sum(tail) / max(1, len(tail)), 5),
+        "resolution": model.resolution,
+        "scheduler": dict(SCHEDULER_CONFIG),
+        "denoiser_config": {k: list(v) if isinstance(v, tuple) else v for k, v in spec.denoiser.items()},
+        "build_seconds": round(seconds, 1),
+        "train_seconds": round(result.seconds, 1),
+        "versions": _versions(),
+    }
+
+
+def _card_body(spec: ZooSpec, meta: dict, prompts: list[str]) -> str:
+    mix = ", ".join(f"{k} {v:.0%}" for k, v in meta["mixture"].items())
+    lines = [
+        f"# {spec.name}",
+        "",
+        f"{spec.description[0].upper()}{spec.description[1:]}. A pixel-space ({meta['resolution']}×"
+        f"{meta['resolution']} RGB) text-to-image model of the mandc reference zoo: "
+        f"{meta['denoiser_class']} denoiser with {meta['parameters']['denoiser']:,} parameters, "
+        f"conditioned on all-MiniLM-L6-v2 token states ({PROMPT_TOKENS} tokens × 384).",
+        "",
+        f"**Pretraining.** {meta['steps']} AdamW steps (batch {meta['batch_size']}, lr {meta['lr']}, "
+        f"{meta['warmup_steps']} warmup steps, seed {meta['seed']}, 10% caption dropout for classifier-free "
+        f"guidance) on {meta['n_images']} catalog images from {len(meta['datasets'])} datasets; mixture: {mix}. "
+        f"Final training loss (ε-MSE, last 50 steps): {meta['final_loss']}. Built in "
+        f"{meta['build_seconds']} s with torch {meta['versions']['torch']}, diffusers "
+        f"{meta['versions']['diffusers']}.",
+        "",
+        "The catalog images were drawn with seeds other than 0, so the canonical evaluation datasets "
+        "(seed 0) are unseen. Noise schedule shared by the whole zoo: DDPM, T=1000, linear β 1e-4→0.02, "
+        "ε-prediction.",
+        "",
+        f"![samples](samples.png)  ",
+        f"DDIM {GRID_STEPS} steps, guidance {GRID_GUIDANCE}, seed 0, for these prompts (row by row):",
+        "",
+        *[f"{i + 1}. {p}" for i, p in enumerate(prompts)],
+        "",
+        "```python",
+        "from finetune.model import T2IModel",
+        f'model = T2IModel.from_pretrained("zoo:{spec.name}")',
+        "```",
+    ]
+    return "\n".join(lines)
