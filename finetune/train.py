@@ -62,14 +62,23 @@ class EncodedData:
     @classmethod
     @torch.no_grad()
     def encode(cls, model: T2IModel, pixels: torch.Tensor, captions: list[str],
-               weights: torch.Tensor | None = None, batch_size: int = 256) -> "EncodedData":
-        """Encode each distinct caption once with ``model.encode_prompt``."""
+               weights: torch.Tensor | None = None, batch_size: int = 256,
+               cache: dict[str, torch.Tensor] | None = None) -> "EncodedData":
+        """Encode each distinct caption once with ``model.encode_prompt``.
+
+        ``cache`` (caption → ``[L, D]``) is read and filled; share one only between models with the same
+        text encoder and prompt length (the zoo's models all use the same MiniLM).
+        """
         if len(captions) != pixels.shape[0]:
             raise ValueError(f"EncodedData.encode: {pixels.shape[0]} images but {len(captions)} captions")
+        cache = {} if cache is None else cache
         unique = list(dict.fromkeys(captions))
+        todo = [c for c in unique if c not in cache]
+        for i in range(0, len(todo), batch_size):
+            chunk = todo[i:i + batch_size]
+            cache.update(zip(chunk, model.encode_prompt(chunk).cpu()))
         pos = {c: i for i, c in enumerate(unique)}
-        emb = torch.cat([model.encode_prompt(unique[i:i + batch_size]).cpu()
-                         for i in range(0, len(unique), batch_size)])
+        emb = torch.stack([cache[c] for c in unique])
         idx = torch.tensor([pos[c] for c in captions], dtype=torch.long)
         return cls(pixels.float(), emb, idx, weights)
 

@@ -56,8 +56,9 @@ def data_list(
         print(json.dumps(rows, indent=2))
         return
     t = Table(title=f"{len(entries)} built-in datasets")
-    for c in ("name", "family", "train", "held-out", "res", "description"):
-        t.add_column(c)
+    for c in ("name", "family", "train", "held-out", "res"):
+        t.add_column(c, no_wrap=True)
+    t.add_column("description")
     for e in entries:
         t.add_row(e.name, e.family, str(e.n_train), str(e.n_heldout), f"{e.resolution[0]}×{e.resolution[1]}", e.description)
     out.print(t)
@@ -89,14 +90,16 @@ def zoo_list(as_json: bool = typer.Option(False, "--json", help="Print a JSON ar
 
     rows = []
     for s in zoo.list_zoo():
-        rows.append({"name": s.name, "ref": f"zoo:{s.name}", "kind": s.kind, "description": s.description,
+        rows.append({"name": s.name, "ref": f"zoo:{s.name}", "kind": s.family, "description": s.description,
                      "mixture": dict(s.mixture), "steps": s.steps, "built": zoo.is_built(s.name),
                      "path": str(zoo.zoo_path(s.name))})
     if as_json:
         print(json.dumps(rows, indent=2))
         return
     t = Table(title=f"{len(rows)} zoo models (cache: {zoo.zoo_home()})")
-    for c in ("name", "kind", "pretraining mixture", "steps", "built", "description"):
+    for c in ("name", "kind"):
+        t.add_column(c, no_wrap=True)
+    for c in ("pretraining mixture", "steps", "built", "description"):
         t.add_column(c)
     for r in rows:
         mix = ", ".join(f"{k} {v:g}" for k, v in r["mixture"].items())

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (created)")
     ap.add_argument("--model", default=None, help="zoo model name (default: the smallest in the zoo)")
-    ap.add_argument("--data", default="builtin:shapes-circles", help="dataset reference to fine-tune on")
+    ap.add_argument("--data", default="builtin:shapes_circles", help="dataset reference to fine-tune on")
     ap.add_argument("--steps", type=int, default=200, help="fine-tuning steps")
     ap.add_argument("--lr", type=float, default=3e-4, help="fine-tuning learning rate (AdamW)")
     args = ap.parse_args(argv)

@@ -19,7 +19,7 @@ def _targeted(name: str, targets) -> bool:
 
 
 def apply_qta_lora_(model: nn.Module, r: int = 4, alpha: float = 4.0, target_modules=DEFAULT_TARGETS,
-                    weight_grad: str = "fp32") -> nn.Module:
+                    weight_grad: str = "int8") -> nn.Module:
     """Replace each targeted ``nn.Linear`` of ``model`` by a :class:`QTALoRALinear`, in place; returns ``model``.
 
     Only the new LoRA factors are trainable in the replaced layers; the rest of the model is left as it is

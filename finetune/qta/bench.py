@@ -145,7 +145,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     p.add_argument("--conv-tokens", type=int, default=1024)
     p.add_argument("--conv-width", type=int, default=256)
-    p.add_argument("--conv-steps", type=int, default=300)
+    p.add_argument("--conv-steps", type=int, default=600)
     p.add_argument("--conv-lr", type=float, default=3e-3)
     p.add_argument("--skip", nargs="*", default=[], choices=["time", "convergence", "gemm"])
     a = p.parse_args(argv)

@@ -32,10 +32,10 @@ class QTALoRALinear(nn.Module):
     Parameters: ``lora_A.weight`` ``[r, I]`` (Kaiming-uniform, ``a = √5``, as peft), ``lora_B.weight``
     ``[O, r]`` (zeros, so the adapter starts as the identity), ``bias`` ``[O]`` (frozen copy of the base bias).
     The GEMMs run on INT8 operands (:class:`~finetune.qta.function.QTALoRAFunction`); ``weight_grad``
-    chooses float32 (default) or INT8 GEMMs for the LoRA weight gradients.
+    chooses INT8 (default) or float32 GEMMs for the LoRA weight gradients.
     """
 
-    def __init__(self, base: nn.Linear, r: int = 4, alpha: float = 4.0, weight_grad: str = "fp32"):
+    def __init__(self, base: nn.Linear, r: int = 4, alpha: float = 4.0, weight_grad: str = "int8"):
         super().__init__()
         if not isinstance(base, nn.Linear):
             raise TypeError(f"QTALoRALinear wraps an nn.Linear, got {type(base).__name__}")

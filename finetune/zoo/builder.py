@@ -97,6 +97,10 @@ def new_pipeline(spec: ZooSpec):
                               tokenizer=tokenizer, **{kind: denoiser})
 
 
+# caption -> MiniLM states [24, 384]; valid across zoo models, which all share one frozen text encoder
+_CAPTION_CACHE: dict = {}
+
+
 @functools.lru_cache(maxsize=None)
 def _catalog_pairs(dataset: str, n: int):
     """``(pixels [n, 3, 32, 32], captions)`` of one catalog dataset at the pretraining seed, both splits
@@ -134,7 +138,7 @@ def pretraining_data(spec: ZooSpec, model):
         pixels += fam_px
         captions += fam_caps
         weights.append(torch.full((n,), w / (total * n), dtype=torch.float64))
-    data = EncodedData.encode(model, torch.cat(pixels), captions, torch.cat(weights))
+    data = EncodedData.encode(model, torch.cat(pixels), captions, torch.cat(weights), cache=_CAPTION_CACHE)
     return data, datasets, captions
 
 
