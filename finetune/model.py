@@ -236,10 +236,35 @@ class T2IModel:
         err = F.mse_loss(pred.float(), self.target(x0, noise, t).float(), reduction="none")
         return err.flatten(1).mean(1)
 
+    def snr(self, t: torch.Tensor) -> torch.Tensor:
+        """Signal-to-noise ratio ``ᾱ_t / (1 − ᾱ_t)`` per timestep ``[B]``."""
+        ac = self.scheduler.alphas_cumprod.to(t.device)[t].float()
+        return ac / (1 - ac)
+
     def training_loss(self, batch: dict, timesteps: torch.Tensor | int | None = None,
-                      noise: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Scalar MSE over the batch (what ``train_text_to_image.py`` minimises); see :meth:`per_sample_loss`."""
-        return self.per_sample_loss(batch, timesteps, noise, generator).mean()
+                      noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                      snr_gamma: float | None = None) -> torch.Tensor:
+        """Scalar MSE over the batch (what ``train_text_to_image.py`` minimises); see :meth:`per_sample_loss`.
+
+        ``snr_gamma`` applies that script's Min-SNR-γ weighting (Hang et al. 2023): example ``i`` is weighted
+        by ``min(SNR_i, γ) / SNR_i`` (ε-prediction) or ``/ (SNR_i + 1)`` (v-prediction), which stops the
+        easy low-noise timesteps from dominating the gradient.
+        """
+        if snr_gamma is None:
+            return self.per_sample_loss(batch, timesteps, noise, generator).mean()
+        b = batch["pixel_values"].shape[0]
+        if timesteps is None:  # draw t here so the weights see it
+            gen_device = generator.device if generator is not None else self.device
+            timesteps = torch.randint(0, self.num_train_timesteps, (b,), generator=generator, device=gen_device)
+        t = torch.as_tensor(timesteps, device=self.device).long()
+        t = t.expand(b) if t.ndim == 0 else t
+        snr = self.snr(t)
+        w = snr.clamp(max=snr_gamma)
+        if self.prediction_type == "epsilon":
+            w = w / snr
+        elif self.prediction_type == "v_prediction":
+            w = w / (snr + 1)
+        return (self.per_sample_loss(batch, t, noise, generator) * w).mean()
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()

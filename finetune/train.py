@@ -28,6 +28,7 @@ class TrainConfig:
     weight_decay: float = 0.0    # AdamW decoupled decay
     grad_clip: float = 1.0       # global-norm clip; 0 disables
     p_uncond: float = 0.1        # caption dropout probability (enables classifier-free guidance)
+    snr_gamma: float | None = None  # Min-SNR-γ loss weighting (diffusers' --snr_gamma; 5.0 is its usual value)
     ema_decay: float = 0.0       # >0: keep an EMA of the weights and load it at the end (warmup-corrected)
     bf16: bool = False           # bf16 autocast; on a CPU without AMX it is ~3x slower, so off by default
     seed: int = 0
@@ -139,7 +140,7 @@ def train_denoiser(model: T2IModel, data: EncodedData, config: TrainConfig,
         cond = torch.where(drop[:, None, None], uncond, cond)
         batch = {"pixel_values": data.pixels[idx], "encoder_hidden_states": cond}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss = model.training_loss(batch, generator=g)
+            loss = model.training_loss(batch, generator=g, snr_gamma=cfg.snr_gamma)
         value = loss.item()
         if not math.isfinite(value):
             raise FloatingPointError(f"train_denoiser: loss is {value} at step {step}; lower the lr (now {cfg.lr})")

@@ -6,7 +6,9 @@
    QTA (both weight-gradient modes) against fp32 ``nn.Linear`` + peft LoRA. Median of ``--repeats``.
 2. Convergence: the same stacks learn a teacher = base stack + a rank-r delta per layer, from a noisy
    regression target; final losses (mean of the last 10 steps) are compared.
-3. The raw GEMMs: fp32, bf16 and ``torch._int_mm`` at ``tokens × width × width``.
+3. Peak memory of one training step (fresh process per kind; peak RSS over the step minus the RSS before
+   it, glibc's mmap threshold pinned so RSS tracks live tensors).
+4. The raw GEMMs: fp32, bf16 and ``torch._int_mm`` at ``tokens × width × width``.
 
 Timings on a shared machine are rough; rerun on an idle one for final numbers.
 """
@@ -15,7 +17,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -69,7 +74,7 @@ def step_times(tokens, width, layers, r, repeats, seed=0) -> dict:
     base = _stack(width, layers, seed)
     x = torch.randn(tokens, width, generator=torch.Generator().manual_seed(seed))
     out = {}
-    for kind in ("fp32-lora", "qta-fp32grad", "qta-int8grad"):
+    for kind in KINDS:
         model, params = build(kind, base, r, r)
         with torch.no_grad():  # a non-zero B, as after some training, so every path does real work
             for p in params:
@@ -125,6 +130,42 @@ def convergence(tokens, width, layers, r, steps, lr, seed=0) -> dict:
     return res
 
 
+KINDS = ("fp32-lora", "qta-fp32grad", "qta-int8grad")
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(field)
+
+
+def step_peak_one(kind, tokens, width, layers, r) -> int:
+    """Bytes a training step adds on top of the model (run in a fresh process, see ``step_peaks``)."""
+    model, params = build(kind, _stack(width, layers, 0), r, r)
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    x = torch.randn(tokens, width).requires_grad_(True)
+    base = _status("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    model(x).pow(2).mean().backward()
+    opt.step()
+    return _status("VmHWM") - base
+
+
+def step_peaks(tokens, width, layers, r) -> dict:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1")
+    out = {}
+    for kind in KINDS:
+        res = subprocess.run([sys.executable, "-m", "finetune.qta.bench", "--peak-of", kind, "--tokens", str(tokens),
+                              "--width", str(width), "--layers", str(layers), "--rank", str(r)],
+                             check=True, capture_output=True, text=True, env=env)
+        out[kind] = int(res.stdout.strip().splitlines()[-1])
+    return {"MiB": {k: round(v / 2**20, 1) for k, v in out.items()},
+            "ratio_to_fp32_lora": {k: v / out["fp32-lora"] for k, v in out.items()}}
+
+
 def gemm_times(tokens, width, repeats) -> dict:
     a = torch.randn(tokens, width)
     b = torch.randn(width, width)
@@ -147,8 +188,13 @@ def main(argv=None):
     p.add_argument("--conv-width", type=int, default=256)
     p.add_argument("--conv-steps", type=int, default=600)
     p.add_argument("--conv-lr", type=float, default=3e-3)
-    p.add_argument("--skip", nargs="*", default=[], choices=["time", "convergence", "gemm"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["time", "convergence", "gemm", "memory"])
+    p.add_argument("--peak-of", choices=KINDS, help=argparse.SUPPRESS)  # child process mode
     a = p.parse_args(argv)
+    if a.peak_of:
+        torch.set_num_threads(1)
+        print(step_peak_one(a.peak_of, a.tokens, a.width, a.layers, a.rank))
+        return
     if a.threads:
         torch.set_num_threads(a.threads)
     report = {"torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -158,6 +204,8 @@ def main(argv=None):
         report["gemm_seconds"] = gemm_times(a.tokens, a.width, a.repeats)
     if "time" not in a.skip:
         report["step"] = step_times(a.tokens, a.width, a.layers, a.rank, a.repeats)
+    if "memory" not in a.skip:
+        report["step_peak_memory"] = step_peaks(a.tokens, a.width, a.layers, a.rank)
     if "convergence" not in a.skip:
         report["convergence"] = {"shape": {"tokens": a.conv_tokens, "width": a.conv_width, "layers": a.layers,
                                            "rank": a.rank, "steps": a.conv_steps, "lr": a.conv_lr},

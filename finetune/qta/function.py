@@ -91,7 +91,7 @@ class QTALoRAFunction(torch.autograd.Function):
             torch.mul(gb, sa.view(1, r) * scaling, out=u[:, o:])
             uq, su = quantize_rowwise(u)
             del u
-            grad_x = int_mm(uq, torch.cat([qweight, aq])).float().mul_(su)   # [N, I]
+            grad_x = torch.mul(int_mm(uq, torch.cat([qweight, aq])), su)     # [N, I] float32
             grad_x = grad_x.to(ctx.x_dtype).view(ctx.x_shape)
 
         if ctx.weight_grad == "int8":

@@ -30,9 +30,10 @@ class QTALoRALinear(nn.Module):
 
     Buffers: ``qweight`` ``[O, I]`` int8, ``w_scale`` ``[O]`` float32 (``W ≈ w_scale[:, None] · qweight``).
     Parameters: ``lora_A.weight`` ``[r, I]`` (Kaiming-uniform, ``a = √5``, as peft), ``lora_B.weight``
-    ``[O, r]`` (zeros, so the adapter starts as the identity), ``bias`` ``[O]`` (frozen copy of the base bias).
+    ``[O, r]`` (zeros, so the adapter starts as a no-op), ``bias`` ``[O]`` (frozen copy of the base bias).
     The GEMMs run on INT8 operands (:class:`~finetune.qta.function.QTALoRAFunction`); ``weight_grad``
-    chooses INT8 (default) or float32 GEMMs for the LoRA weight gradients.
+    chooses INT8 (default) or float32 GEMMs for the LoRA weight gradients. No LoRA dropout (peft's default
+    of 0): the base layer and LoRA's down-projection share one quantized input and one GEMM.
     """
 
     def __init__(self, base: nn.Linear, r: int = 4, alpha: float = 4.0, weight_grad: str = "int8"):

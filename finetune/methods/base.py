@@ -1,0 +1,202 @@
+"""What every fine-tuning method shares: its config fields, the training data it sees, and one step.
+
+A method is a :class:`Method` subclass registered by name (see :mod:`finetune.methods`). It prepares the
+model in place (:meth:`Method.setup_`: quantize, add adapters, add a placeholder token...), says which
+tensors train (:meth:`Method.trainable`), takes one optimisation step (:meth:`Method.step`: a gradient
+step by default, forward passes only for ``zo-ti``), and saves what it learned (:meth:`Method.save`).
+:func:`finetune.run` drives it.
+
+Training data: images with prompts. ``template`` turns a caption into the prompt: ``"{caption}"``
+(domain adaptation: each image keeps its own caption), ``"a photo of {token}"`` (subject
+personalisation: every image gets the same prompt), or e.g. ``"{caption}, {token} style"``. ``{token}``
+is the learned placeholder for textual-inversion methods and ``identifier`` (DreamBooth's rare token)
+for the others.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+OPTIMIZERS = ("adamw", "fp32-master", "remainder", "remainder-in-backward")
+
+
+def option(default, help: str, **kw):
+    """A dataclass field carrying ``help`` text (peft style), shown by ``mandc finetune --help-method``."""
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class MethodConfig:
+    """Fields common to every method. Subclasses change defaults to their paper's recipe."""
+
+    steps: int = option(400, "optimisation steps")
+    batch_size: int = option(1, "images per step")
+    lr: float = option(1e-4, "learning rate")
+    seed: int = option(0, "seeds data order, timesteps, noise and any random directions")
+    template: str = option("{caption}", "prompt per image: {caption} is its caption, {token} the placeholder "
+                                        "(TI methods) or the identifier; 'a photo of {token}' = subject mode")
+    identifier: str = option("sks", "word that stands for the subject in non-TI methods' prompts")
+    optimizer: str = option("adamw", f"one of {OPTIMIZERS}: fp32 AdamW; bf16 params + fp32 master (standard "
+                                     "mixed precision); bf16 + 16 remainder bits; remainder + step inside backward")
+    weight_decay: float = option(0.0, "AdamW decoupled weight decay")
+    max_grad_norm: float = option(0.0, "global-norm gradient clipping (0: off; not with remainder-in-backward)")
+    timestep_min: int = option(0, "timesteps are drawn uniformly from [timestep_min, timestep_max)")
+    timestep_max: int = option(1000, "upper end (exclusive) of the timestep range, of T=1000")
+    checkpoint_every: int = option(100, "save a resumable checkpoint every N steps (0: only at the end)")
+
+    def validate(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"steps must be ≥ 0, got {self.steps}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.optimizer == "remainder-in-backward" and self.max_grad_norm > 0:
+            raise ValueError("max_grad_norm needs every gradient before the first update; it cannot be used "
+                             "with optimizer='remainder-in-backward' (which steps inside backward)")
+        if not 0 <= self.timestep_min < self.timestep_max <= 1000:
+            raise ValueError(f"need 0 ≤ timestep_min < timestep_max ≤ 1000, got {self.timestep_min}, {self.timestep_max}")
+        if "{caption}" not in self.template and "{token}" not in self.template:
+            raise ValueError(f"template {self.template!r} uses neither {{caption}} nor {{token}}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "MethodConfig":
+        d = dict(d or {})
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"{cls.__name__} has no option(s) {', '.join(unknown)}; options: {', '.join(sorted(names))}")
+        return cls(**d)
+
+    @classmethod
+    def help(cls) -> dict[str, tuple[object, str]]:
+        """``{field: (default, help)}`` for docs and the CLI."""
+        return {f.name: (f.default, f.metadata.get("help", "")) for f in fields(cls)}
+
+
+@dataclass
+class TrainData:
+    """What a method trains on: ``x0`` ``[N, C, h, w]`` (pixels or VAE latents, encoded once), the prompt
+    per image, and — when the text encoder is frozen and the prompts fixed — their embeddings ``[N, L, D]``."""
+
+    x0: torch.Tensor
+    prompts: list[str]
+    cond: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.x0.shape[0]
+
+
+class Method:
+    """Base class. Subclasses set ``name``, ``Config``, and override the hooks they need."""
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    #: True when the prompt embeddings change during training (textual inversion): re-encode every step.
+    trains_text: ClassVar[bool] = False
+    #: True when the method quantizes the model (the benchmark then compares against quantized inference).
+    quantized: ClassVar[bool] = False
+
+    def __init__(self, model, config: MethodConfig):
+        self.model, self.config = model, config
+        self.optimizer = None
+
+    # -- preparation ----------------------------------------------------------------------------------
+    def setup_(self) -> None:
+        """Modify ``self.model`` in place (freeze, quantize, add adapters or tokens)."""
+        self.model.denoiser.requires_grad_(False)
+
+    def trainable(self) -> list[torch.Tensor]:
+        """Tensors the optimizer updates."""
+        raise NotImplementedError
+
+    def token(self) -> str:
+        return self.config.identifier
+
+    def prompt(self, caption: str) -> str:
+        return self.config.template.format(caption=caption, token=self.token())
+
+    # -- one step ---------------------------------------------------------------------------------------
+    def make_optimizer(self):
+        from finetune.optim import Fp32MasterAdamW, RemainderAdamW
+
+        c, params = self.config, self.trainable()
+        if not params:
+            raise ValueError(f"method {self.name!r} has nothing to train")
+        if c.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        if c.optimizer == "fp32-master":
+            return Fp32MasterAdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        return RemainderAdamW(params, lr=c.lr, weight_decay=c.weight_decay,
+                              step_in_backward=c.optimizer == "remainder-in-backward",
+                              max_grad_norm=c.max_grad_norm or None)
+
+    def sample_timesteps(self, n: int, g: torch.Generator) -> torch.Tensor:
+        c = self.config
+        scale = self.model.num_train_timesteps / 1000
+        lo, hi = int(c.timestep_min * scale), int(c.timestep_max * scale)
+        return torch.randint(lo, hi, (n,), generator=g)
+
+    def conditioning(self, data: TrainData, idx: torch.Tensor) -> torch.Tensor:
+        if data.cond is not None and not self.trains_text:
+            return data.cond[idx]
+        return self.model.encode_prompt([data.prompts[i] for i in idx.tolist()])
+
+    def loss(self, data: TrainData, idx: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Denoising loss on images ``idx`` at timesteps ``t`` ``[B]`` with ``noise`` (shape of ``x0[idx]``)."""
+        batch = {"x0": data.x0[idx], "encoder_hidden_states": self.conditioning(data, idx)}
+        return self.model.training_loss(batch, timesteps=t, noise=noise)
+
+    def step(self, data: TrainData, g: torch.Generator) -> float:
+        """One gradient step; returns the loss. ``g`` seeds the batch, timesteps and noise."""
+        c = self.config
+        idx = torch.randint(len(data), (c.batch_size,), generator=g)
+        t = self.sample_timesteps(c.batch_size, g)
+        noise = torch.randn(data.x0[idx].shape, generator=g)
+        loss = self.loss(data, idx, t, noise)
+        loss.backward()
+        if c.max_grad_norm > 0 and c.optimizer in ("adamw", "fp32-master"):
+            torch.nn.utils.clip_grad_norm_(self.trainable(), c.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.after_step()
+        return float(loss.detach())
+
+    def after_step(self) -> None:
+        """Hook after each optimiser update (textual inversion restores the frozen embedding rows)."""
+
+    # -- state --------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """What the method learned (checkpointed and saved); default: the trainable tensors by name."""
+        names = {id(p): n for n, p in self.model.denoiser.named_parameters()}
+        return {names[id(p)]: p.detach().clone() for p in self.trainable()}
+
+    def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        own = dict(self.model.denoiser.named_parameters())
+        with torch.no_grad():
+            for k, v in sd.items():
+                own[k].copy_(v)
+
+    def optimizer_state(self) -> dict | None:
+        opt = self.optimizer
+        return opt.state_dict() if opt is not None and hasattr(opt, "state_dict") else None
+
+    def load_optimizer_state(self, state: dict | None) -> None:
+        if state is not None and self.optimizer is not None and hasattr(self.optimizer, "load_state_dict"):
+            self.optimizer.load_state_dict(state)
+
+    def save(self, out_dir: Path) -> dict[str, str]:
+        """Write the learned artefacts into ``out_dir``; returns ``{kind: path}``."""
+        raise NotImplementedError
+
+    def eval_conditioning(self, captions: list[str]) -> torch.Tensor:
+        """Prompt embeddings used to score held-out images (the training template applied to their captions)."""
+        return self.model.encode_prompt([self.prompt(c) for c in captions])

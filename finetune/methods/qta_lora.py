@@ -1,0 +1,65 @@
+"""``qta-lora``: fully quantized LoRA training (software counterpart of CDM-QTA, arXiv 2504.07998).
+
+Frozen base weights of the targeted Linear layers become per-channel symmetric INT8 codes; LoRA A, B
+train; the forward, input-gradient and LoRA weight-gradient GEMMs run on INT8 operands with dynamic
+row-wise scales and INT32 accumulation (``torch._int_mm``), and ΔW = BA is never formed
+(:mod:`finetune.qta.function`). Same recipe as the ``lora`` baseline (rank 4, alpha 4, lr 1e-4); by
+default it also covers the feed-forward projections, where most of a transformer's GEMM time is.
+Saved in the same diffusers/peft LoRA format as ``lora``, so the adapter also loads onto a
+full-precision model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+
+from finetune.methods.base import Method, option
+from finetune.methods.lora import DEFAULT_TARGETS, LoraMethodConfig, save_lora
+from finetune.methods.registry import register
+
+
+@dataclass
+class QTALoraConfig(LoraMethodConfig):
+    weight_grad: str = option("int8", "LoRA weight-gradient GEMMs: 'int8' or 'fp32'")
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS),
+                                      metadata={"help": "Linear module names (suffixes) that get adapters"})
+
+
+@register
+class QTALora(Method):
+    name = "qta-lora"
+    Config = QTALoraConfig
+    quantized = True
+
+    def setup_(self) -> None:
+        from finetune.qta import apply_qta_lora_
+
+        c, den = self.config, self.model.denoiser
+        den.requires_grad_(False)
+        apply_qta_lora_(den, r=c.rank, alpha=c.alpha, target_modules=list(c.target_modules), weight_grad=c.weight_grad)
+        den.train()
+
+    def trainable(self) -> list[torch.Tensor]:
+        from finetune.qta import qta_lora_parameters
+
+        return qta_lora_parameters(self.model.denoiser)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        from finetune.qta import qta_lora_state_dict
+
+        return qta_lora_state_dict(self.model.denoiser)
+
+    def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        own = dict(self.model.denoiser.named_parameters())
+        with torch.no_grad():
+            for k, v in sd.items():
+                own[k].copy_(v)
+
+    def save(self, out_dir: Path) -> dict[str, str]:
+        c = self.config
+        cfg = LoraConfig(r=c.rank, lora_alpha=c.alpha, target_modules=list(c.target_modules))
+        path = save_lora(self.model, self.state_dict(), cfg, out_dir / "lora")
+        return {"lora": str(path.parent)}
