@@ -29,6 +29,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline
 from PIL import Image
 
 from finetune.pipeline import MandcPixelPipeline
+from finetune.quant.timestep import set_timestep_
 
 COMPONENTS = ("denoiser", "text_encoder", "vae", "all")
 
@@ -188,6 +189,8 @@ class T2IModel:
         and prompt embeddings ``cond`` ``[B, L, D]``, hiding the UNet/PixArt call-signature differences."""
         t = torch.as_tensor(t, device=x_t.device)
         t = t.expand(x_t.shape[0]) if t.ndim == 0 else t
+        # TuneQDM's timestep-specific scale sets follow t, in training and sampling alike (no-op otherwise)
+        set_timestep_(self.denoiser, t if t.unique().numel() > 1 else t[0], self.num_train_timesteps)
         if self.is_transformer:
             out = self.denoiser(x_t, encoder_hidden_states=cond, timestep=t,
                                 added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
@@ -221,7 +224,8 @@ class T2IModel:
         ``[B, L, D]`` instead of prompts. ``timesteps`` (int or ``[B]``) and ``noise`` (shape of ``x_0``)
         default to draws from ``generator``; fixing both gives a deterministic loss (held-out evaluation).
         """
-        x0 = self.encode_images(batch["pixel_values"])
+        # "x0" lets callers that encode once (training loops, held-out evaluation) skip the VAE
+        x0 = batch["x0"].to(self.device, self.dtype) if "x0" in batch else self.encode_images(batch["pixel_values"])
         b = x0.shape[0]
         gen_device = generator.device if generator is not None else self.device
         if noise is None:
