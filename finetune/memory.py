@@ -77,6 +77,19 @@ class PeakMemory:
             self.method = "cpu_peak_rss" if self.reset else "cpu_peak_rss_lifetime"
         return self
 
+    def restart_peak(self) -> None:
+        """Forget the peak so far (keep the entry footprint as the base): what follows is measured with
+        whatever is resident now, but without transient peaks before this point (e.g. the full-precision
+        weights a model is loaded with before it is quantized)."""
+        self.sample()
+        self.extra["peak_before_restart"] = self.peak_bytes
+        if self.is_cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self.reset = _reset_cpu_peak() and self.reset
+        self.peak_bytes = 0
+
     def sample(self) -> int:
         """Peak so far, above the entry footprint."""
         if self.is_cuda:

@@ -86,14 +86,14 @@ def load_pipeline(ref: str | os.PathLike, dtype: torch.dtype = torch.float32):
         folder = Path(parsed.value)
     else:
         return _load_from_hub(parsed.value, dtype)
-    return _pipeline_class(folder).from_pretrained(str(folder), torch_dtype=dtype)
+    return _pipeline_class(folder).from_pretrained(str(folder), dtype=dtype)
 
 
 def _load_from_hub(repo_id: str, dtype: torch.dtype):
     from diffusers import DiffusionPipeline
 
     try:
-        return DiffusionPipeline.from_pretrained(repo_id, torch_dtype=dtype)
+        return DiffusionPipeline.from_pretrained(repo_id, dtype=dtype)
     except (OSError, ValueError) as e:  # huggingface_hub's offline / not-found errors subclass these
         from finetune.zoo import ZOO
 

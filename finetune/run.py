@@ -6,7 +6,10 @@
     result = run("zoo:unet-s-shapes", "builtin:shapes_circles", "tuneqdm", {"steps": 200, "lr": 1e-4}, "out/tq")
     result.heldout_loss_after, result.peak_mem_bytes, result.artefacts
 
-What happens, in order (peak memory is metered around all of it, from before the model loads):
+What happens, in order (memory is metered from before the model loads; ``peak_mem_bytes`` is the peak
+from the end of step 2 to the end of training, so it counts the prepared model, the training state and
+activations, but not a transient full-precision copy that a quantizing method loads and then frees;
+that loading peak is ``load_peak_bytes``):
 
 1. the model (``T2IModel`` or a reference) and the dataset (``SplitDataset`` or a reference) are resolved;
 2. the method prepares the model in place (quantize, adapters, placeholder token);
@@ -52,7 +55,8 @@ class FinetuneResult:
     wall_s: float                      # whole run: load, prepare, train, evaluate, save
     train_s: float                     # the training steps only
     step_s: float                      # mean seconds per step (after the first, which includes warm-up)
-    peak_mem_bytes: int                # peak above the footprint before the model loaded
+    peak_mem_bytes: int                # training peak above the footprint before the model loaded
+    load_peak_bytes: int               # peak while loading and preparing the model (before training)
     mem_method: str                    # cuda_max_memory_allocated | cpu_peak_rss
     device: str
     trainable_params: int
@@ -162,6 +166,9 @@ def run(model, dataset, method: str, config: MethodConfig | dict | None = None, 
         torch.manual_seed(cfg.seed)
         m = cls(model, cfg)
         m.setup_()
+        # Meter training with the prepared model resident, not the transient full-precision copy a
+        # quantizing method loads first (see PeakMemory.restart_peak); load_peak_bytes keeps that figure.
+        meter.restart_peak()
         m.optimizer = m.make_optimizer()
         n_trainable = sum(p.numel() for p in m.trainable())
         eval_bs = max(1, cfg.batch_size)
@@ -199,7 +206,8 @@ def run(model, dataset, method: str, config: MethodConfig | dict | None = None, 
         method=method, config=cfg.to_dict(), model=str(model_ref), dataset=str(dataset_ref), steps=cfg.steps,
         wall_s=time.perf_counter() - t_start, train_s=sum(times),
         step_s=(sum(times[1:]) / (len(times) - 1)) if len(times) > 1 else (times[0] if times else 0.0),
-        peak_mem_bytes=int(train_peak), mem_method=meter.method, device=str(dev), trainable_params=int(n_trainable),
+        peak_mem_bytes=int(train_peak), load_peak_bytes=int(meter.extra.get("peak_before_restart", 0)),
+        mem_method=meter.method, device=str(dev), trainable_params=int(n_trainable),
         heldout_loss_before=before, heldout_loss_after=after, losses=losses, artefacts=artefacts,
         resumed_from=start, versions=_versions())
     _atomic_write_text(out / RESULT, json.dumps({**result.to_dict(), "fingerprint": fp}, indent=2))

@@ -138,6 +138,105 @@ def zoo_build(
     console.print(f"done in {time.perf_counter() - t0:.0f}s")
 
 
+# ------------------------------------------------------------------------------------------- finetune
+def _parse_sets(items: list[str]) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            _fail(f"--set takes KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip().replace("-", "_")] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip().replace("-", "_")] = v  # a bare string
+    return out
+
+
+@app.command("methods")
+def methods_list(as_json: bool = typer.Option(False, "--json", help="Print a JSON array instead of tables.")) -> None:
+    """List the fine-tuning methods and their options (defaults from each paper's recipe)."""
+    from finetune.methods import METHODS
+
+    rows = [{"name": n, "summary": (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0],
+             "options": {k: {"default": d, "help": h} for k, (d, h) in cls.Config.help().items()}}
+            for n, cls in METHODS.items()]
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    for r in rows:
+        t = Table(title=f"{r['name']}: {r['summary']}", title_justify="left")
+        t.add_column("option", no_wrap=True)
+        t.add_column("default")
+        t.add_column("help")
+        for k, o in r["options"].items():
+            t.add_row(k, str(o["default"]), o["help"])
+        out.print(t)
+
+
+@app.command("finetune")
+def finetune_cmd(
+    model: str = typer.Option(..., "--model", help="Model reference: folder, zoo:NAME or Hub id."),
+    data: str = typer.Option(..., "--data", help="Dataset reference: builtin:NAME or an imagefolder path."),
+    method: str = typer.Option(..., "--method", help="Fine-tuning method (see `mandc methods`)."),
+    out_dir: Path = typer.Option(..., "--out", help="Output folder: artefacts, result.json, checkpoints."),
+    bits: Optional[int] = typer.Option(None, help="Weight bits 2–8 (peqa, tuneqdm; zo-ti's quantization)."),
+    plan: Optional[Path] = typer.Option(None, help="Per-layer bit plan JSON (peqa, tuneqdm), e.g. from `mandc quantize`."),
+    steps: Optional[int] = typer.Option(None, help="Optimisation steps (default: the method's recipe)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Any method option as KEY=VALUE (repeatable)."),
+    resume: bool = typer.Option(True, help="Continue from out/checkpoint.pt when the inputs match."),
+    force: bool = typer.Option(False, help="Retrain even if out/result.json exists for the same inputs."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Fine-tune a model on a dataset with one method; writes artefacts and result.json to --out."""
+    from data import DatasetError
+    from finetune.methods import get_method
+    from finetune.refs import ModelRefError
+    from finetune.run import run
+
+    try:
+        cls = get_method(method)
+    except ValueError as e:
+        _fail(str(e))
+    overrides = _parse_sets(set_)
+    if steps is not None:
+        overrides["steps"] = steps
+    fields = cls.Config.help()
+    if bits is not None:
+        key = "bits" if "bits" in fields else "quant_bits" if "quant_bits" in fields else None
+        if key is None:
+            _fail(f"--bits does not apply to method {method!r} (it applies to peqa, tuneqdm and zo-ti)")
+        overrides[key] = bits
+    if plan is not None:
+        if "plan" not in fields:
+            _fail(f"--plan does not apply to method {method!r} (it applies to peqa and tuneqdm)")
+        if not plan.is_file():
+            _fail(f"plan file {plan} does not exist")
+        overrides["plan"] = str(plan)
+    total = overrides.get("steps", fields["steps"][0])
+    try:
+        with _progress() as prog:
+            task = prog.add_task(f"{method} on {data}", total=total)
+            res = run(model, data, method, overrides, out_dir, resume=resume, force=force,
+                      progress=lambda d, n: prog.update(task, completed=d, total=n))
+    except (ValueError, DatasetError, ModelRefError, FileNotFoundError) as e:
+        _fail(str(e))
+    if as_json:
+        print(json.dumps(res.to_dict(), indent=2))
+        return
+    t = Table(title=f"{method}: {model} on {data}", title_justify="left")
+    t.add_column("metric", no_wrap=True)
+    t.add_column("value")
+    fmt = lambda x: "—" if x is None else f"{x:.4f}"  # noqa: E731
+    for k, v in [("steps", str(res.steps)), ("trainable parameters", f"{res.trainable_params:,}"),
+                 ("held-out loss before", fmt(res.heldout_loss_before)), ("held-out loss after", fmt(res.heldout_loss_after)),
+                 ("peak memory", f"{res.peak_mem_bytes / 2**20:.1f} MiB ({res.mem_method})"),
+                 ("step time", f"{res.step_s * 1000:.1f} ms"), ("wall time", f"{res.wall_s:.1f} s")]:
+        t.add_row(k, v)
+    for k, v in res.artefacts.items():
+        t.add_row(f"artefact: {k}", v)
+    out.print(t)
+
+
 def main() -> None:  # console-script entry point
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app()

@@ -9,6 +9,12 @@ from safetensors.torch import load_file, save_file
 EMBEDS_FILE = "learned_embeds.safetensors"
 
 
+def _grow_embeddings_(enc, n_tokens: int) -> None:
+    """Make room for ``n_tokens`` rows; never shrink (a small tokenizer over a big table keeps the table)."""
+    if n_tokens > enc.get_input_embeddings().weight.shape[0]:
+        enc.resize_token_embeddings(n_tokens)
+
+
 def add_placeholder_(model, token: str, initializer: str) -> int:
     """Add ``token`` to ``model.tokenizer`` and a row for it to the text encoder's input embeddings,
     initialised from ``initializer``'s embedding (as diffusers' ``textual_inversion.py`` does). Returns its id.
@@ -22,7 +28,7 @@ def add_placeholder_(model, token: str, initializer: str) -> int:
         raise ValueError(f"placeholder {token!r} is already in the tokenizer's vocabulary; pick another one")
     tok.add_tokens([token])
     token_id = tok.convert_tokens_to_ids(token)
-    enc.resize_token_embeddings(len(tok))
+    _grow_embeddings_(enc, len(tok))
     emb = enc.get_input_embeddings().weight
     with torch.no_grad():
         emb[token_id] = emb[init_ids[0]].clone()
@@ -45,7 +51,7 @@ def load_embedding_(model, path: str | Path) -> str:
     (token, vec), = sd.items()
     tok, enc = model.tokenizer, model.text_encoder
     tok.add_tokens([token])
-    enc.resize_token_embeddings(len(tok))
+    _grow_embeddings_(enc, len(tok))
     with torch.no_grad():
         enc.get_input_embeddings().weight[tok.convert_tokens_to_ids(token)] = vec.reshape(-1)
     return token

@@ -30,7 +30,7 @@ Weight gradients of the LoRA factors (thin: one side is ``r``), in one of two mo
 * ``"fp32"``: the same two products in float32 from the saved int8 activations
   (``σ · (gB · s_x)ᵀ · float(x_q)`` and ``σ · gᵀ h``).
 
-Measured (``python -m finetune.qta.bench``, 4 × Linear(1024) + LoRA r=4, 2048 tokens, 1 CPU thread): the
+Measured (``python benchmarks/qta_micro.py``, 4 × Linear(1024) + LoRA r=4, 2048 tokens, 1 CPU thread): the
 int8 mode's step is ~20 % shorter than the fp32 mode's, and on the bench's regression task both reach the
 fp32-LoRA final loss within 1 % after 600 steps; hence the default. Use ``"fp32"`` if a task's LoRA
 gradients turn out too sparse over tokens for per-rank-row int8 scales.

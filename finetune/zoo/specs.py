@@ -22,18 +22,21 @@ PRETRAIN_SEED = 1000     # catalog seed of all pretraining data; never 0, the ca
 
 # The shared noise schedule: DDPM's CIFAR-10 betas, which suit 32×32 pixel space (SD's "scaled_linear"
 # betas leave too much signal at t=T for pixels). clip_sample keeps DDIM's x̂_0 inside [-1, 1].
-SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-                        prediction_type="epsilon", clip_sample=True, clip_sample_range=1.0)
+SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon",
+                        clip_sample=True, clip_sample_range=1.0)
 
 ALL_FAMILIES = ("shapes", "patterns", "gradients", "compositions", "digits", "textures", "photos", "faces")
 
 
 def unet(channels: tuple[int, ...], attention: tuple[bool, ...] | None = None, layers: int = 1,
-         head_dim: int = 16, groups: int = 8) -> dict:
+         head_dim: int = 16, groups: int = 8, pooled_text: bool = True) -> dict:
     """``UNet2DConditionModel`` config for 32×32×3 pixels with MiniLM cross-attention.
 
     ``channels`` per resolution level (32, 16, 8, ...); ``attention[i]`` puts cross-attention blocks at
     level ``i`` (default: the lowest-resolution level only, where attention over h·w tokens is cheap).
+    ``pooled_text`` adds diffusers' ``addition_embed_type="text"``: an attention-pooled prompt vector is
+    added to the timestep embedding, so every ResNet block sees the prompt (global colour and layout
+    are learnt much sooner than through cross-attention alone).
     """
     attention = attention or tuple(i == len(channels) - 1 for i in range(len(channels)))
     if len(attention) != len(channels):
@@ -42,7 +45,8 @@ def unet(channels: tuple[int, ...], attention: tuple[bool, ...] | None = None, l
     up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
     return dict(sample_size=RESOLUTION, in_channels=3, out_channels=3, block_out_channels=tuple(channels),
                 layers_per_block=layers, down_block_types=down, up_block_types=up,
-                cross_attention_dim=TEXT_DIM, attention_head_dim=head_dim, norm_num_groups=groups)
+                cross_attention_dim=TEXT_DIM, attention_head_dim=head_dim, norm_num_groups=groups,
+                addition_embed_type="text" if pooled_text else None, addition_embed_type_num_heads=8)
 
 
 def dit(width: int, depth: int, heads: int = 4, patch: int = 4) -> dict:

@@ -38,7 +38,7 @@ from profiler.mpq.bitplan import BitPlan
 from profiler.mpq.capture import (DEFAULT_MAX_FEATURE_BYTES, CalibrationBatch, LayerInfo, calibration_batch,
                                   layer_grams, probe_layers)
 from profiler.mpq.importance import aggregate_importance, sample_timesteps, suffix_mean
-from profiler.mpq.orthogonality import cka_matrix, orthogonality_sums
+from profiler.mpq.orthogonality import cka_matrix, degenerate_mask, orthogonality_sums
 
 DEFAULT_BETA = 1.0
 DEFAULT_ALPHA = 0.0
@@ -56,6 +56,7 @@ class MPQConfig:
     beta: float = DEFAULT_BETA          # θ = exp(-β γ)
     alpha: float = DEFAULT_ALPHA        # timestep weights ∝ exp(α t/(T-1)); 0 = plain mean
     propagate: bool = True              # OMPQ's θ̄ (mean over the layer and those after it) instead of θ
+    objective: str = "noise"            # value of a choice: "noise" or OMPQ's literal "bits" (see mpq_values)
     seed: int = 0                       # calibration images and noise
     w_choices: tuple = W_CHOICES
     a_choices: tuple = A_CHOICES
@@ -118,7 +119,12 @@ def profile_importance(model, batch: CalibrationBatch, timesteps: int | list[int
         grams, energy = layer_grams(model, batch, t, layers, micro_batch, max_feature_bytes)
         orm = cka_matrix(grams, energy, centered=True)
         gamma[k] = orthogonality_sums(orm).numpy()
-        dead[k] = (orm.sum(1) == 1.0).numpy()
+        dead[k] = degenerate_mask(grams, energy).numpy()
+        if dead[k].any() and not dead[k].all():
+            # Constant over the batch at this t (time-embedding layers): CKA cannot rank them, and their
+            # formal γ = 0 would outrank every real layer by exp(β·γ). Rank them with the most orthogonal
+            # real layer instead (see the module doc).
+            gamma[k, dead[k]] = gamma[k, ~dead[k]].min()
         if keep_orm:
             orms.append(orm.numpy())
         if progress is not None:
@@ -127,11 +133,30 @@ def profile_importance(model, batch: CalibrationBatch, timesteps: int | list[int
                              None if orms is None else np.stack(orms))
 
 
-def mpq_values(theta_bar: np.ndarray, w_choices=W_CHOICES, a_choices=A_CHOICES) -> np.ndarray:
-    """``v_i(w, a) = θ̄_i · (w/max W + a/max A)`` ``[L, |W|, |A|]`` (choices sorted ascending)."""
+OBJECTIVES = ("noise", "bits")
+
+
+def quant_noise(bits) -> np.ndarray:
+    """Relative noise power of a symmetric ``b``-bit quantizer: ``(step / range)² = 1/(2^(b−1) − 1)²``."""
+    b = np.asarray(bits, dtype=np.float64)
+    return 1.0 / (2.0 ** (b - 1) - 1.0) ** 2
+
+
+def mpq_values(theta_bar: np.ndarray, w_choices=W_CHOICES, a_choices=A_CHOICES, objective: str = "noise") -> np.ndarray:
+    """Values ``v_i(w, a)`` ``[L, |W|, |A|]`` (choices sorted ascending) for importance ``θ̄`` ``[L]``.
+
+    * ``"noise"`` (default): ``v = −θ̄_i · (D(w) + D(a))``, ``D(b) = 1/(2^(b−1)−1)²`` — importance-weighted
+      quantization noise of the layer's weights and input (each relative to its range), to be minimised.
+    * ``"bits"``: ``v = θ̄_i · (w/max W + a/max A)`` — OMPQ's importance-weighted bits, literally.
+    """
     ws = np.array(sorted(set(w_choices)), dtype=np.float64)
     as_ = np.array(sorted(set(a_choices)), dtype=np.float64)
-    unit = ws[:, None] / ws.max() + as_[None, :] / as_.max()
+    if objective == "noise":
+        unit = -(quant_noise(ws)[:, None] + quant_noise(as_)[None, :])
+    elif objective == "bits":
+        unit = ws[:, None] / ws.max() + as_[None, :] / as_.max()
+    else:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     return np.asarray(theta_bar, dtype=np.float64)[:, None, None] * unit[None]
 
 
@@ -185,7 +210,7 @@ def plan_from_profile(profile: ImportanceProfile, budget: Budget, config: MPQCon
     layers = profile.layers
     theta = profile.importance(config.beta, config.alpha)
     weight = suffix_mean(theta) if config.propagate else theta
-    values = mpq_values(weight, config.w_choices, config.a_choices)
+    values = mpq_values(weight, config.w_choices, config.a_choices, config.objective)
     alloc = allocate(layers, values, budget, config.w_choices, config.a_choices, pinned_layers(layers, config))
     settings = {"allocator": "mpq", **_settings(config), "timesteps": list(profile.timesteps),
                 "num_train_timesteps": profile.num_train_timesteps, "n_calib": profile.n_calib,

@@ -1,6 +1,6 @@
 """Benchmark: QTA LoRA against full-precision LoRA (peft) on a GEMM-dominated stack; prints JSON.
 
-    python -m finetune.qta.bench --tokens 2048 --width 1024 --layers 4 --threads 1
+    python benchmarks/qta_micro.py --tokens 2048 --width 1024 --layers 4 --threads 1
 
 1. Step time: forward + backward + AdamW step of ``layers`` × (Linear(width, width) + LoRA r) with GELUs,
    QTA (both weight-gradient modes) against fp32 ``nn.Linear`` + peft LoRA. Median of ``--repeats``.
@@ -158,7 +158,7 @@ def step_peaks(tokens, width, layers, r) -> dict:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1")
     out = {}
     for kind in KINDS:
-        res = subprocess.run([sys.executable, "-m", "finetune.qta.bench", "--peak-of", kind, "--tokens", str(tokens),
+        res = subprocess.run([sys.executable, __file__, "--peak-of", kind, "--tokens", str(tokens),
                               "--width", str(width), "--layers", str(layers), "--rank", str(r)],
                              check=True, capture_output=True, text=True, env=env)
         out[kind] = int(res.stdout.strip().splitlines()[-1])

@@ -1,6 +1,6 @@
 """Benchmark: peak memory and step time of fp32-master AdamW vs RemainderAdamW (± step in backward).
 
-    python -m finetune.optim.bench --width 2048 --layers 8 --tokens 64
+    python benchmarks/optimizer_micro.py --width 2048 --layers 8 --tokens 64
 
 Each variant runs in a fresh Python process. On CPU the peak is the peak RSS (``VmHWM``, reset through
 ``/proc/self/clear_refs`` once the optimizer is built) minus the RSS before the model existed; on CUDA it is
@@ -102,7 +102,7 @@ def main(argv=None):
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1")
     results = []
     for v in VARIANTS:
-        out = subprocess.run([sys.executable, "-m", "finetune.optim.bench", "--variant", v, "--width", str(a.width),
+        out = subprocess.run([sys.executable, __file__, "--variant", v, "--width", str(a.width),
                               "--layers", str(a.layers), "--tokens", str(a.tokens), "--steps", str(a.steps),
                               "--device", a.device], check=True, capture_output=True, text=True, env=env)
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))

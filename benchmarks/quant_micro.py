@@ -1,7 +1,7 @@
 """Benchmark: training-step peak memory of PEQA, TuneQDM and a naive TuneQDM; prints JSON.
 
-    python -m finetune.quant.bench --model mlp     # 8 × Linear(2048) + GELU, 256 tokens
-    python -m finetune.quant.bench --model unet    # a small diffusers UNet2DConditionModel, 32×32 latents
+    python benchmarks/quant_micro.py --model mlp     # 8 × Linear(2048) + GELU, 256 tokens
+    python benchmarks/quant_micro.py --model unet    # a small diffusers UNet2DConditionModel, 32×32 latents
 
 All three quantize the model to 4 bits (min–max init) and train only the scales with AdamW for two steps:
 ``peqa`` (Δs_out), ``tuneqdm`` (Δs_out and s_in, through the recompute-in-backward function) and ``naive``
@@ -112,7 +112,7 @@ def main(argv=None):
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1")
     res = {}
     for v in VARIANTS:
-        out = subprocess.run([sys.executable, "-m", "finetune.quant.bench", "--model", a.model, "--variant", v],
+        out = subprocess.run([sys.executable, __file__, "--model", a.model, "--variant", v],
                              check=True, capture_output=True, text=True, env=env)
         res[v] = json.loads(out.stdout.strip().splitlines()[-1])["step_peak_MiB"]
     print(json.dumps({"model": a.model, "step_peak_MiB": res,

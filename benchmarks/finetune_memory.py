@@ -1,0 +1,320 @@
+"""Peak memory, step time and held-out loss of every fine-tuning method on one model, side by side.
+
+    python benchmarks/finetune_memory.py [--json FILE]            # ~25M-param pixel UNet + MiniLM, 32×32
+    python benchmarks/finetune_memory.py --sd15 [--json FILE]     # SD 1.5 scale (random weights), 512×512
+
+Each measurement runs in a fresh Python process (``--worker``), so no run inherits another's allocator
+state. Memory is ``finetune.run``'s ``peak_mem_bytes``: on CUDA the allocator's peak, on CPU the peak RSS
+(``VmHWM``), both above the footprint before the model was built and measured from the moment the model
+is prepared (quantized / adapters added) to the end of training; glibc's mmap threshold is pinned
+(``MALLOC_MMAP_THRESHOLD_``) so freed tensors return to the OS and RSS tracks live memory.
+
+Sections of the JSON:
+
+- ``methods``: every registered method with its paper's recipe except the learning rate (one per
+  method, below) and ``steps``/``batch_size`` (the same for all);
+- ``inference_peak_mem_bytes``: forward passes only (ZOODiP's n+1 = 3 per step, no autograd) on the
+  model quantized as ``zo-ti`` quantizes it (INT8 denoiser, text encoder, VAE);
+- ``optimizer``: ``full`` with standard bf16 mixed precision (fp32 master, ``fp32_master``) against
+  bf16 + remainder bits with the step inside backward (``remainder_in_backward``), and remainders alone;
+- ``qta``: ``lora`` against ``qta-lora`` on a transformer denoiser (PixArt, ~28M params, 256 tokens per
+  image) where GEMMs dominate, same LoRA targets (attention and feed-forward projections), same steps.
+
+The models have random weights (seeded): memory and speed do not depend on trained values; held-out
+losses here compare methods at equal steps on one model, nothing more (quality over seeds and zoo
+models is ``benchmarks/finetune_quality.py``). With ``--sd15`` the UNet, text encoder and VAE are built
+from the published SD 1.5 configs in ``benchmarks/configs/sd15`` (a copy of ``shared/configs/sd15``);
+workers run under an address-space data limit (``--mem-limit-gb``, default 22) so a method that cannot
+fit this machine fails cleanly and is reported as not fitting, with the reason.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SD15 = HERE / "configs" / "sd15"
+
+# learning rates for a few-step comparison on a small randomly initialised model (the recipes' SD-scale
+# rates, e.g. 3e-6 for scales or 5e-6 for full fine-tuning, would leave every loss unchanged in 30 steps)
+LR = {"full": 1e-4, "lora": 1e-3, "ti": 5e-3, "peqa": 1e-4, "tuneqdm": 1e-4, "zo-ti": 5e-3, "qta-lora": 1e-3}
+DIT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
+
+
+# ------------------------------------------------------------------------------------------- models
+def build_model(kind: str, seed: int = 0):
+    """A seeded random ``T2IModel``: ``unet`` (~25M pixel UNet), ``dit`` (~28M PixArt), or ``sd15``."""
+    import torch
+    from diffusers import DDPMScheduler, PixArtTransformer2DModel, UNet2DConditionModel
+    from transformers import AutoTokenizer, BertModel
+
+    from data.text import minilm_path
+    from finetune.model import T2IModel
+    from finetune.pipeline import MandcPixelPipeline
+    from finetune.zoo.specs import PROMPT_TOKENS, SCHEDULER_CONFIG, dit, unet
+
+    torch.manual_seed(seed)
+    if kind == "sd15":
+        return build_sd15()
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    tok.model_max_length = PROMPT_TOKENS
+    te = BertModel.from_pretrained(minilm_path())
+    if kind == "unet":
+        den = {"unet": UNet2DConditionModel(**unet((128, 256, 256), attention=(False, True, True), layers=1,
+                                                   head_dim=32, groups=32))}
+    else:
+        den = {"transformer": PixArtTransformer2DModel(**dit(512, 6, heads=8, patch=2))}
+    return T2IModel(MandcPixelPipeline(scheduler=DDPMScheduler(**SCHEDULER_CONFIG), text_encoder=te, tokenizer=tok, **den))
+
+
+def offline_clip_tokenizer(folder: Path):
+    """A byte-level CLIP tokenizer with no merges (every character a token): enough to drive a memory run
+    with real token ids (the embedding table keeps SD's 49,408 rows)."""
+    from transformers import CLIPTokenizer
+    from transformers.models.clip.tokenization_clip import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": i + len(chars) for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+
+
+def build_sd15():
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from finetune.model import T2IModel
+
+    cfg = lambda n: {k: v for k, v in json.loads((SD15 / n).read_text()).items() if not k.startswith("_")}  # noqa: E731
+    unet = UNet2DConditionModel(**cfg("unet.json"))
+    vae = AutoencoderKL(**cfg("vae.json"))
+    te_cfg = cfg("text_encoder.json")
+    te_cfg.pop("architectures", None)
+    te = CLIPTextModel(CLIPTextConfig(**te_cfg))
+    sched = DDPMScheduler(**cfg("scheduler.json"))
+    tok = offline_clip_tokenizer(Path(tempfile.mkdtemp(prefix="clip-tok-")))
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sched,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    return T2IModel(pipe)
+
+
+def bench_data(kind: str, n_train: int):
+    from data import SplitDataset, load_dataset
+
+    ds = load_dataset("builtin:shapes_circles")
+    n_held = 2 if kind == "sd15" else 8
+    return SplitDataset(name=ds.name, train=ds.train.subset(range(n_train)), heldout=ds.heldout.subset(range(n_held)),
+                        ref=f"builtin:shapes_circles[:{n_train}]")
+
+
+# ------------------------------------------------------------------------------------------- workers
+def worker_train(args) -> dict:
+    import torch
+
+    from finetune.memory import PeakMemory
+    from finetune.run import run
+
+    torch.manual_seed(0)
+    cfg = json.loads(args.config)
+    with PeakMemory("cuda" if torch.cuda.is_available() else "cpu") as outer:
+        model = build_model(args.model)
+    del outer
+    ds = bench_data(args.model, args.n_train)
+    with tempfile.TemporaryDirectory() as d:
+        res = run(model, ds, args.method, cfg, d, evaluate_loss=not args.no_eval, force=True)
+    return {"peak_mem_bytes": res.peak_mem_bytes, "load_peak_bytes": res.load_peak_bytes, "step_s": res.step_s,
+            "trainable_params": res.trainable_params, "final_heldout_loss": res.heldout_loss_after,
+            "heldout_loss_before": res.heldout_loss_before, "final_train_loss": sum(res.losses[-5:]) / min(5, len(res.losses)),
+            "losses": res.losses, "mem_method": res.mem_method, "device": res.device,
+            "denoiser_params": model.num_parameters()}
+
+
+def worker_inference(args) -> dict:
+    """Peak of ZOODiP-style forward passes (3 per step, no autograd) on the INT8-quantized model."""
+    import torch
+
+    from finetune.memory import PeakMemory
+    from finetune.quant import quantize_
+    from finetune.methods.base import Method, MethodConfig
+    from finetune.run import encode_train_data
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    with PeakMemory(dev) as meter:
+        model = build_model(args.model)
+        for module in (model.denoiser, model.text_encoder, model.vae):
+            if module is not None:
+                module.requires_grad_(False)
+                quantize_(module, bits=8, init="minmax", symmetric=True)
+        model.pipeline.to(dev)
+        meter.restart_peak()
+        ds = bench_data(args.model, args.n_train)
+        data = encode_train_data(model, ds, Method(model, MethodConfig()))  # captions as prompts
+        g = torch.Generator().manual_seed(0)
+        times = []
+        with torch.no_grad():
+            for _ in range(args.steps):
+                t0 = time.perf_counter()
+                i = torch.randint(len(data), (1,), generator=g)
+                x0 = data.x0[i].to(dev)
+                noise = torch.randn(x0.shape, generator=g).to(dev)
+                t = torch.randint(500, 900, (1,), generator=g).to(dev)
+                x_t = model.scheduler.add_noise(x0, noise, t)
+                for _ in range(3):
+                    model.denoise(x_t, t, model.encode_prompt([data.prompts[int(i)]]))
+                times.append(time.perf_counter() - t0)
+        meter.sample()
+    return {"peak_mem_bytes": meter.peak_bytes, "step_s": sum(times[1:]) / max(1, len(times) - 1),
+            "mem_method": meter.method}
+
+
+# -------------------------------------------------------------------------------------------- parent
+def spawn(method: str, model: str, config: dict, args, inference: bool = False) -> dict:
+    cmd = [sys.executable, __file__, "--worker", "inference" if inference else "train", "--method", method,
+           "--model", model, "--config", json.dumps(config), "--n-train", str(args.n_train),
+           "--steps", str(config.get("steps", args.steps))]
+    if args.no_eval or model == "sd15":
+        cmd.append("--no-eval")
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536")
+    if model == "sd15" and args.mem_limit_gb:
+        cmd += ["--mem-limit-gb", str(args.mem_limit_gb)]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
+        reason = " | ".join(tail)
+        if p.returncode < 0 or "MemoryError" in reason or "DefaultCPUAllocator" in reason or "out of memory" in reason:
+            reason = f"does not fit in {args.mem_limit_gb} GB: {reason}"
+        print(f"  {method}: FAILED ({reason[:300]})", file=sys.stderr)
+        return {"error": reason, "wall_s": wall}
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    res["wall_s"] = wall
+    print(f"  {method:24s} peak {res['peak_mem_bytes'] / 2**20:9.1f} MiB  step {res['step_s'] * 1e3:8.1f} ms  "
+          f"({wall:.0f}s)", file=sys.stderr)
+    return res
+
+
+def table(results: dict) -> str:
+    rows = ["| run | peak MiB | step ms | trainable params | final held-out loss |", "|---|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        if "error" in r:
+            rows.append(f"| {name} | — | — | — | {r['error'][:80]} |")
+            continue
+        loss = r.get("final_heldout_loss")
+        rows.append(f"| {name} | {r['peak_mem_bytes'] / 2**20:.1f} | {r['step_s'] * 1e3:.1f} | "
+                    f"{r.get('trainable_params', '—')} | {'—' if loss is None else f'{loss:.4f}'} |")
+    return "\n".join(rows)
+
+
+def ratios(out: dict) -> dict:
+    m, opt, inf = out["methods"], out["optimizer"], out["inference_peak_mem_bytes"]
+    peak = lambda d, k: d.get(k, {}).get("peak_mem_bytes")  # noqa: E731
+    div = lambda a, b: (a / b) if a and b else None  # noqa: E731
+    r = {"zo-ti / inference": div(peak(m, "zo-ti"), inf), "zo-ti / ti": div(peak(m, "zo-ti"), peak(m, "ti")),
+         "full / zo-ti": div(peak(m, "full"), peak(m, "zo-ti")), "peqa / lora": div(peak(m, "peqa"), peak(m, "lora")),
+         "tuneqdm / lora": div(peak(m, "tuneqdm"), peak(m, "lora")), "tuneqdm / peqa": div(peak(m, "tuneqdm"), peak(m, "peqa")),
+         "optimizer peak: remainder_in_backward / fp32_master":
+             div(peak(opt, "remainder_in_backward"), peak(opt, "fp32_master")),
+         "optimizer step: remainder_in_backward / fp32_master":
+             div(opt.get("remainder_in_backward", {}).get("step_s"), opt.get("fp32_master", {}).get("step_s"))}
+    q = out.get("qta", {})
+    if "lora" in q and "qta-lora" in q and "error" not in q["lora"] and "error" not in q["qta-lora"]:
+        r["qta step: qta-lora / lora"] = div(q["qta-lora"]["step_s"], q["lora"]["step_s"])
+        r["qta final train loss: qta-lora / lora"] = div(q["qta-lora"]["final_train_loss"], q["lora"]["final_train_loss"])
+    return {k: (round(v, 3) if v is not None else None) for k, v in r.items()}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sd15", action="store_true", help="SD 1.5 scale (UNet/CLIP/VAE from the published configs)")
+    ap.add_argument("--steps", type=int, default=None, help="steps per method (default 30; 3 with --sd15)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default 4; 1 with --sd15")
+    ap.add_argument("--qta-steps", type=int, default=60, help="steps of the lora vs qta-lora comparison")
+    ap.add_argument("--methods", nargs="*", default=None, help="subset of methods")
+    ap.add_argument("--skip", nargs="*", default=[], help="sections to skip: methods inference optimizer qta")
+    ap.add_argument("--no-eval", action="store_true", help="skip held-out losses")
+    ap.add_argument("--mem-limit-gb", type=float, default=22.0, help="data limit for --sd15 workers")
+    ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    # worker mode
+    ap.add_argument("--worker", choices=["train", "inference"], help=argparse.SUPPRESS)
+    ap.add_argument("--method", help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    ap.add_argument("--config", help=argparse.SUPPRESS)
+    ap.add_argument("--n-train", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.worker:
+        if args.mem_limit_gb and args.model == "sd15":
+            lim = int(args.mem_limit_gb * 2**30)
+            resource.setrlimit(resource.RLIMIT_DATA, (lim, lim))
+        res = worker_train(args) if args.worker == "train" else worker_inference(args)
+        print(json.dumps(res))
+        return res
+
+    from finetune.methods import METHODS
+
+    kind = "sd15" if args.sd15 else "unet"
+    args.steps = args.steps or (3 if args.sd15 else 30)
+    bs = args.batch_size or (1 if args.sd15 else 4)
+    args.n_train = 2 if args.sd15 else 16
+    methods = args.methods or list(METHODS)
+    common = {"steps": args.steps, "batch_size": bs, "checkpoint_every": 0, "seed": 0}
+    import torch
+
+    out = {"device": "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu:{platform.processor() or platform.machine()}:{os.cpu_count()} cores",
+           "model": "sd15 (UNet 860M, CLIP-L text, VAE; random weights; 512x512, batch 1)" if args.sd15 else
+                    "pixel UNet ~25M + MiniLM text encoder, 32x32, random weights",
+           "steps": args.steps, "batch_size": bs, "methods": {}, "optimizer": {}, "qta": {},
+           "inference_peak_mem_bytes": None}
+    t0 = time.perf_counter()
+    if "inference" not in args.skip:
+        print("inference (INT8, forward passes only):", file=sys.stderr)
+        r = spawn("inference", kind, dict(common, steps=max(3, args.steps // 3)), args, inference=True)
+        out["inference"] = r
+        out["inference_peak_mem_bytes"] = r.get("peak_mem_bytes")
+    if "methods" not in args.skip:
+        print("methods:", file=sys.stderr)
+        for name in methods:
+            out["methods"][name] = spawn(name, kind, dict(common, lr=LR.get(name, 1e-4)), args)
+    if "optimizer" not in args.skip:
+        print("optimizer (full fine-tuning):", file=sys.stderr)
+        for key, opt in [("fp32_master", "fp32-master"), ("remainder", "remainder"),
+                         ("remainder_in_backward", "remainder-in-backward")]:
+            print(f"  [{opt}]", file=sys.stderr, end="")
+            out["optimizer"][key] = spawn("full", kind, dict(common, lr=LR["full"], optimizer=opt), args)
+    if "qta" not in args.skip and not args.sd15:
+        print("qta (transformer denoiser):", file=sys.stderr)
+        for name in ("lora", "qta-lora"):
+            cfg = dict(common, steps=args.qta_steps, batch_size=8, lr=LR[name], target_modules=DIT_TARGETS)
+            out["qta"][name] = spawn(name, "dit", cfg, args)
+    out["ratios"] = ratios(out)
+    out["wall_s"] = round(time.perf_counter() - t0, 1)
+    print(f"\n## {out['model']} — {out['device']}\n")
+    print(table({**({"inference (INT8)": out["inference"]} if "inference" in out else {}), **out["methods"]}))
+    if out["optimizer"]:
+        print("\n### optimizer (full fine-tuning)\n")
+        print(table(out["optimizer"]))
+    if out["qta"]:
+        print("\n### lora vs qta-lora on a transformer denoiser\n")
+        print(table(out["qta"]))
+    print("\nratios: " + json.dumps(out["ratios"], indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main()
