@@ -124,7 +124,7 @@ def worker_train(args) -> dict:
     import torch
 
     from finetune.memory import PeakMemory
-    from finetune.run import run
+    from finetune.runner import run
 
     torch.manual_seed(0)
     cfg = json.loads(args.config)
@@ -148,7 +148,7 @@ def worker_inference(args) -> dict:
     from finetune.memory import PeakMemory
     from finetune.quant import quantize_
     from finetune.methods.base import Method, MethodConfig
-    from finetune.run import encode_train_data
+    from finetune.runner import encode_train_data
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     with PeakMemory(dev) as meter:

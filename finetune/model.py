@@ -88,7 +88,7 @@ class T2IModel:
         """Write the whole pipeline in diffusers format (``model_index.json`` + one folder per component).
 
         Refuses a folder inside the zoo cache: zoo models share hard-linked text-encoder files, so writing
-        into one in place would change them all (see :mod:`finetune.zoo.build`).
+        into one in place would change them all (see :mod:`finetune.zoo.builder`).
         """
         from finetune.zoo import zoo_home
 
@@ -256,7 +256,7 @@ class T2IModel:
         """
         if snr_gamma is None:
             return self.per_sample_loss(batch, timesteps, noise, generator).mean()
-        b = batch["pixel_values"].shape[0]
+        b = (batch["x0"] if "x0" in batch else batch["pixel_values"]).shape[0]
         if timesteps is None:  # draw t here so the weights see it
             gen_device = generator.device if generator is not None else self.device
             timesteps = torch.randint(0, self.num_train_timesteps, (b,), generator=generator, device=gen_device)

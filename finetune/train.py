@@ -29,7 +29,6 @@ class TrainConfig:
     grad_clip: float = 1.0       # global-norm clip; 0 disables
     p_uncond: float = 0.1        # caption dropout probability (enables classifier-free guidance)
     snr_gamma: float | None = None  # Min-SNR-γ loss weighting (diffusers' --snr_gamma; 5.0 is its usual value)
-    ema_decay: float = 0.0       # >0: keep an EMA of the weights and load it at the end (warmup-corrected)
     bf16: bool = False           # bf16 autocast; on a CPU without AMX it is ~3x slower, so off by default
     seed: int = 0
 
@@ -91,25 +90,6 @@ class TrainResult:
     steps: int = 0
 
 
-class _EMA:
-    """Exponential moving average of parameters with the usual warmup ``min(decay, (1+n)/(10+n))``."""
-
-    def __init__(self, params: list[torch.nn.Parameter], decay: float):
-        self.params, self.decay, self.n = params, decay, 0
-        self.shadow = [p.detach().clone() for p in params]
-
-    @torch.no_grad()
-    def update(self) -> None:
-        self.n += 1
-        d = min(self.decay, (1 + self.n) / (10 + self.n))
-        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 - d)
-
-    @torch.no_grad()
-    def copy_to_params(self) -> None:
-        for p, s in zip(self.params, self.shadow):
-            p.copy_(s)
-
-
 def train_denoiser(model: T2IModel, data: EncodedData, config: TrainConfig,
                    progress: Callable[[int, int], None] | None = None) -> TrainResult:
     """Train ``model.denoiser`` on ``data`` for ``config.steps`` steps; returns per-step losses.
@@ -125,7 +105,6 @@ def train_denoiser(model: T2IModel, data: EncodedData, config: TrainConfig,
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = max(1, cfg.warmup_steps)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
-    ema = _EMA(params, cfg.ema_decay) if cfg.ema_decay > 0 else None
     uncond = model.empty_prompt_embedding().cpu()  # [1, L, D]
     result = TrainResult()
     t0 = time.perf_counter()
@@ -150,13 +129,9 @@ def train_denoiser(model: T2IModel, data: EncodedData, config: TrainConfig,
         opt.step()
         opt.zero_grad(set_to_none=True)
         lr_sched.step()
-        if ema is not None:
-            ema.update()
         result.losses.append(value)
         if progress is not None:
             progress(step + 1, cfg.steps)
-    if ema is not None:
-        ema.copy_to_params()
     model.denoiser.eval()
     result.seconds = time.perf_counter() - t0
     result.steps = cfg.steps

@@ -191,7 +191,7 @@ def finetune_cmd(
     from data import DatasetError
     from finetune.methods import get_method
     from finetune.refs import ModelRefError
-    from finetune.run import run
+    from finetune.runner import run
 
     try:
         cls = get_method(method)

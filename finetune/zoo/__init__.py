@@ -3,7 +3,8 @@
 ``zoo:NAME`` model references resolve here. Importing this package is cheap (no diffusers); building
 imports the heavy libraries.
 """
-from finetune.zoo.builder import build, get_spec, is_built, load_card, mandc_home, zoo_home, zoo_path
+from finetune.zoo.builder import (build, get_spec, is_built, load_card, mandc_home, spec_parameters, zoo_home,
+                                  zoo_path)
 from finetune.zoo.specs import ZOO, ZOO_SPECS, ZooSpec
 
 
@@ -13,4 +14,4 @@ def list_zoo() -> list[ZooSpec]:
 
 
 __all__ = ["ZOO", "ZooSpec", "build", "get_spec", "is_built", "list_zoo", "load_card", "mandc_home",
-           "zoo_home", "zoo_path"]
+           "spec_parameters", "zoo_home", "zoo_path"]

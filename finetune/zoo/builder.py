@@ -33,7 +33,7 @@ from finetune.refs import ModelRefError
 from finetune.zoo.card import read_card, write_card
 from finetune.zoo.specs import PRETRAIN_SEED, PROMPT_TOKENS, SCHEDULER_CONFIG, ZOO, ZooSpec
 
-GRID_PROMPTS = 32        # samples in each model's card grid
+GRID_PROMPTS = 24        # samples in each model's card grid (3 rows of 8)
 GRID_GUIDANCE = 2.0      # classifier-free guidance scale used for the card grid
 GRID_STEPS = 25          # DDIM steps for the card grid
 _SHARED_MIN_BYTES = 1 << 20  # text-encoder files at least this big go to the shared store
@@ -74,6 +74,17 @@ def load_card(name: str) -> dict:
         raise FileNotFoundError(f"zoo model {name!r} is not built yet (expected at {zoo_path(name)}); "
                                 f"build it with finetune.zoo.build({name!r})")
     return read_card(zoo_path(name) / "README.md")
+
+
+def spec_parameters(spec: ZooSpec | str) -> int:
+    """Denoiser parameter count of a spec (or zoo name), without building or allocating weights."""
+    import torch
+    from diffusers import PixArtTransformer2DModel, UNet2DConditionModel
+
+    spec = get_spec(spec) if isinstance(spec, str) else spec
+    cls = UNet2DConditionModel if spec.family == "unet" else PixArtTransformer2DModel
+    with torch.device("meta"):  # shapes only
+        return sum(p.numel() for p in cls(**spec.denoiser).parameters())
 
 
 # ---------------------------------------------------------------------------------------------- building
@@ -168,14 +179,15 @@ def _share_text_encoder(folder: Path) -> None:
             continue
         blob = store / _sha256(f)
         try:
-            if not blob.exists():
+            if not blob.exists():  # first model with this file: the file itself becomes the blob
                 tmp = blob.with_name(f"{blob.name}.{os.getpid()}.tmp")
                 os.link(f, tmp)
                 os.chmod(tmp, 0o444)
                 os.replace(tmp, blob)
-            link = f.with_name(f.name + ".link")
-            os.link(blob, link)
-            os.replace(link, f)
+            if not os.path.samefile(f, blob):
+                link = f.with_name(f.name + ".link")
+                os.link(blob, link)
+                os.replace(link, f)
         except OSError:  # no hard links here (other filesystem, FAT...): keep the private copy
             continue
 
@@ -234,7 +246,8 @@ def build(name: str, force: bool = False, steps: int | None = None,
             model = T2IModel(new_pipeline(spec))
             data, datasets, captions = pretraining_data(spec, model)
             config = TrainConfig(steps=spec.steps if steps is None else steps, batch_size=spec.batch_size,
-                                 lr=spec.lr, warmup_steps=spec.warmup_steps, seed=spec.seed)
+                                 lr=spec.lr, warmup_steps=spec.warmup_steps, snr_gamma=spec.snr_gamma,
+                                 seed=spec.seed)
             result = train_denoiser(model, data, config, progress)
             model.pipeline.save_pretrained(str(tmp))
             _share_text_encoder(tmp)
@@ -243,6 +256,7 @@ def build(name: str, force: bool = False, steps: int | None = None,
             save_grid(images, tmp / "samples.png", nrow=8)
             meta = _card_meta(spec, model, config, result, datasets, len(data), time.perf_counter() - t0)
             write_card(tmp, meta, _card_body(spec, meta, prompts))
+            os.chmod(tmp, 0o755)  # mkdtemp makes it private; a model folder is an ordinary shared folder
             if final.exists():  # force: move the old build aside first (a directory rename is atomic)
                 old = Path(tempfile.mkdtemp(prefix=f".{spec.name}.build-old-", dir=zoo_home()))
                 os.replace(final, old / "model")
@@ -274,6 +288,7 @@ def _card_meta(spec: ZooSpec, model, config, result, datasets: list[str], n_imag
         "batch_size": config.batch_size,
         "lr": config.lr,
         "warmup_steps": config.warmup_steps,
+        "snr_gamma": config.snr_gamma,
         "seed": spec.seed,
         "final_loss": round(sum(tail) / max(1, len(tail)), 5),
         "resolution": model.resolution,
@@ -303,7 +318,7 @@ def _card_body(spec: ZooSpec, meta: dict, prompts: list[str]) -> str:
         f"{meta['versions']['diffusers']}.",
         "",
         "The catalog images were drawn with seeds other than 0, so the canonical evaluation datasets "
-        "(seed 0) are unseen. Noise schedule shared by the whole zoo: DDPM, T=1000, linear β 1e-4→0.02, "
+        "(seed 0) are unseen. Noise schedule shared by the whole zoo: DDPM, T=1000, cosine ᾱ, "
         "ε-prediction.",
         "",
         f"![samples](samples.png)  ",

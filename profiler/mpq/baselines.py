@@ -2,9 +2,9 @@
 
 * **uniform** — every layer at ``W{b}A{a}`` (``b`` may be any of 2..8, e.g. 5, even outside the MPQ choice
   set). Its own memory and BOPs define the budget the others get.
-* **random** — the same integer program as MPQ-Diff (same values form, budgets and pinned layers) with the
-  importance ``θ`` replaced by independent ``U(0, 1)`` draws: plans as full as MPQ-Diff's, so the
-  comparison isolates what the orthogonality signal adds.
+* **random** — the same integer program as MPQ-Diff (same values, budgets and pinned layers) with MPQ-Diff's
+  importances randomly permuted across the layers: plans exactly as full as MPQ-Diff's, with the same
+  spread of importance, so the comparison isolates what the orthogonality signal adds over chance.
 * **sensitivity** — per-layer quantization error: for each layer ``i`` and each choice, only that layer is
   quantized (weights with ``finetune.quant``'s symmetric per-channel clipping quantizer; or its input
   activation per tensor, scale ``max|x|`` over the calibration batch), and the error is the mean squared
@@ -36,13 +36,13 @@ def uniform_allocation(layers: list[LayerInfo], w_bits: int, a_bits: int = 8):
     return [int(w_bits)] * len(layers), [int(a_bits)] * len(layers)
 
 
-def random_values(n_layers: int, seed: int, w_choices=W_CHOICES, a_choices=A_CHOICES,
-                  propagate: bool = True) -> np.ndarray:
-    """MPQ-Diff's value table with random importance (``θ ~ U(0, 1)``, seeded)."""
+def random_values(theta: np.ndarray, seed: int, w_choices=W_CHOICES, a_choices=A_CHOICES, propagate: bool = False,
+                  objective: str = "noise") -> np.ndarray:
+    """MPQ-Diff's value table with the importances ``θ`` ``[L]`` randomly permuted across layers (seeded)."""
     from profiler.mpq.profile import mpq_values
 
-    theta = np.random.default_rng(seed).random(n_layers)
-    return mpq_values(suffix_mean(theta) if propagate else theta, w_choices, a_choices)
+    theta = np.random.default_rng(seed).permutation(np.asarray(theta, dtype=np.float64))
+    return mpq_values(suffix_mean(theta) if propagate else theta, w_choices, a_choices, objective)
 
 
 @dataclass
@@ -125,10 +125,12 @@ def sensitivity_profile(model, batch: CalibrationBatch, layers: list[LayerInfo],
 
 
 def baseline_plan(layers: list[LayerInfo], allocator: str, budget: Budget, *, pinned: dict | None = None,
-                  uniform_bits: tuple | None = None, seed: int = 0, sensitivity: Sensitivity | None = None,
-                  w_choices=W_CHOICES, a_choices=A_CHOICES, settings: dict | None = None) -> BitPlan:
+                  uniform_bits: tuple | None = None, seed: int = 0, theta: np.ndarray | None = None,
+                  objective: str = "noise", propagate: bool = False, sensitivity: Sensitivity | None = None,
+                  w_choices=W_CHOICES, a_choices=A_CHOICES, settings: dict | None = None,
+                  act_ranges=None) -> BitPlan:
     """A :class:`BitPlan` from one of the baseline allocators: ``"uniform"`` (``uniform_bits=(w, a)``),
-    ``"random"`` (``seed``) or ``"sensitivity"`` (a :class:`Sensitivity`)."""
+    ``"random"`` (``seed``; ``theta`` the importances to permute) or ``"sensitivity"`` (a :class:`Sensitivity`)."""
     from profiler.mpq.allocate import Allocation
     from profiler.mpq.profile import plan_from_allocation
 
@@ -138,8 +140,10 @@ def baseline_plan(layers: list[LayerInfo], allocator: str, budget: Budget, *, pi
         wb, ab = uniform_allocation(layers, *uniform_bits)
         alloc = Allocation(wb, ab, 0.0, plan_weight_bytes(layers, wb, budget.storage), plan_bops(layers, wb, ab), 0.0)
     elif allocator == "random":
-        alloc = allocate(layers, random_values(len(layers), seed, w_choices, a_choices), budget, w_choices, a_choices,
-                         pinned)
+        if theta is None:
+            raise ValueError("the random allocator permutes MPQ-Diff's importances: pass theta=")
+        alloc = allocate(layers, random_values(theta, seed, w_choices, a_choices, propagate, objective), budget,
+                         w_choices, a_choices, pinned)
     elif allocator == "sensitivity":
         if sensitivity is None:
             raise ValueError("the sensitivity allocator needs a Sensitivity from sensitivity_profile()")
@@ -147,4 +151,4 @@ def baseline_plan(layers: list[LayerInfo], allocator: str, budget: Budget, *, pi
     else:
         raise ValueError(f"unknown allocator {allocator!r}; choose uniform, random or sensitivity")
     extra = {"allocator": allocator, **({"seed": seed} if allocator == "random" else {}), **(settings or {})}
-    return plan_from_allocation(layers, alloc, budget, None, extra)
+    return plan_from_allocation(layers, alloc, budget, None, extra, act_ranges=act_ranges)

@@ -7,6 +7,7 @@ A plan is plain JSON::
      "budget":     {"weight_bytes": 123456.0, "bops": 1.2e9, "storage": "nominal", "avg_bits": 4.0},
      "usage":      {"weight_bytes": ..., "packed_bytes": ..., "float_bytes": ..., "bops": ..., "avg_bits": ...},
      "importance": {"conv_in": 0.93, ...},
+     "act_ranges": {"conv_in": 1.02, ...},     # max |input| over the calibration batch and timesteps
      "layer_info": {"conv_in": {"kind": "conv2d", "n_weights": 432, "macs": 442368, ...}, ...},
      "settings":   {"allocator": "mpq", "timesteps": [...], "beta": ..., "alpha": ..., ...},
      "timing":     {"profile_s": ..., "solve_s": ...}}
@@ -25,7 +26,7 @@ from pathlib import Path
 
 FORMAT = "mandc.bitplan"
 VERSION = 1
-_KEYS = ("layers", "budget", "usage", "importance", "layer_info", "settings", "timing")
+_KEYS = ("layers", "budget", "usage", "importance", "act_ranges", "layer_info", "settings", "timing")
 
 
 class BitPlanError(ValueError):
@@ -40,6 +41,7 @@ class BitPlan:
     budget: dict = field(default_factory=dict)
     usage: dict = field(default_factory=dict)
     importance: dict = field(default_factory=dict)
+    act_ranges: dict = field(default_factory=dict)
     layer_info: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     timing: dict = field(default_factory=dict)
@@ -152,21 +154,23 @@ def _check_layers(layers, source: str) -> dict:
 
 def apply_bitplan(model, plan: BitPlan, calibration=None, timesteps=None, symmetric: bool = True,
                   init: str = "clip"):
-    """Quantize ``model``'s denoiser in place with ``plan`` and calibrate its activation scales.
+    """Quantize ``model``'s denoiser in place with ``plan`` and set its activation scales.
 
     Args:
         model: a ``T2IModel`` (its ``denoiser`` is quantized) or a bare ``nn.Module``.
         plan: the bit plan (every layer it names must be an ``nn.Linear`` / ``nn.Conv2d`` of the model).
-        calibration: a :class:`~profiler.mpq.capture.CalibrationBatch`; with it, each layer's per-tensor
-            activation scale is ``max|input|`` over the batch at ``timesteps`` (default: the plan's profiled
-            timesteps, at most 10 of them). Without it, activations are quantized with per-call scales.
+        calibration: optional :class:`~profiler.mpq.capture.CalibrationBatch` to recalibrate activation
+            scales on the *quantized* model (``max|input|`` over the batch at ``timesteps``, default the
+            plan's timesteps, at most 10). Without it the scales come from the plan's ``act_ranges`` (the
+            full-precision model's ranges on the profiling batch); layers with neither are quantized with
+            per-call (dynamic) scales.
         symmetric, init: weight quantizer (MPQ-Diff: symmetric codes, per-channel clipping search).
 
     Returns the ``finetune.quant.QuantSummary`` of the quantized layers (bytes before/after).
     """
     import torch
 
-    from finetune.quant import calibrate_activations, quant_summary, quantize_
+    from finetune.quant import QuantLayer, calibrate_activations, quant_summary, quantize_
 
     denoiser = getattr(model, "denoiser", model)
     modules = dict(denoiser.named_modules())
@@ -186,4 +190,10 @@ def apply_bitplan(model, plan: BitPlan, calibration=None, timesteps=None, symmet
         with torch.no_grad(), calibrate_activations(denoiser):
             for t in ts:
                 model.denoise(calibration.noised(model, t), t, calibration.cond)
+    elif plan.act_ranges:
+        with torch.no_grad():
+            for name, m in denoiser.named_modules():
+                if isinstance(m, QuantLayer) and m.a_bits is not None and name in plan.act_ranges:
+                    amax = max(float(plan.act_ranges[name]), torch.finfo(torch.float32).tiny)
+                    m.a_scale.fill_(amax / (2 ** (m.a_bits - 1) - 1))
     return quant_summary(denoiser)

@@ -65,6 +65,7 @@ class CalibrationBatch:
     cond: torch.Tensor
     noise: torch.Tensor
     captions: list
+    indices: list | None = None  # positions of the images in the split they came from
 
     def __len__(self) -> int:
         return int(self.x0.shape[0])
@@ -76,7 +77,8 @@ class CalibrationBatch:
         return model.scheduler.add_noise(x0, noise, tt)
 
     def subset(self, n: int) -> "CalibrationBatch":
-        return CalibrationBatch(self.x0[:n], self.cond[:n], self.noise[:n], list(self.captions[:n]))
+        return CalibrationBatch(self.x0[:n], self.cond[:n], self.noise[:n], list(self.captions[:n]),
+                                None if self.indices is None else list(self.indices[:n]))
 
 
 @torch.no_grad()
@@ -94,7 +96,7 @@ def calibration_batch(model, images, n: int = 32, seed: int = 0) -> CalibrationB
     x0 = model.encode_images(sub.to_tensor(model.resolution))
     cond = model.encode_prompt(list(sub.captions))
     noise = torch.randn(x0.shape, generator=g, dtype=torch.float32).to(x0.device, x0.dtype)
-    return CalibrationBatch(x0, cond, noise, list(sub.captions))
+    return CalibrationBatch(x0, cond, noise, list(sub.captions), idx)
 
 
 def quantizable_names(denoiser: nn.Module) -> list[str]:
@@ -188,10 +190,19 @@ def _groups(layers: list[LayerInfo], n: int, max_bytes: int) -> list[list[int]]:
     return groups
 
 
+@dataclass
+class LayerGrams:
+    """What one timestep's capture returns, for ``L`` layers and ``N`` samples."""
+
+    grams: torch.Tensor    # [L, N, N] float64 centred Gram matrices K̃_i
+    energy: torch.Tensor   # [L] float64 uncentred tr K_i = ‖X_i‖² (degeneracy test)
+    input_max: torch.Tensor  # [L] float32 max |input| of each layer (activation-quantization range)
+
+
 @torch.no_grad()
 def layer_grams(model, batch: CalibrationBatch, t: int, layers: list[LayerInfo], micro_batch: int | None = None,
-                max_feature_bytes: int = DEFAULT_MAX_FEATURE_BYTES) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centred Grams ``[L, N, N]`` (float64, CPU) and uncentred energies ``tr K`` ``[L]`` of ``layers`` at ``t``.
+                max_feature_bytes: int = DEFAULT_MAX_FEATURE_BYTES) -> LayerGrams:
+    """Centred Grams of ``layers``' outputs at timestep ``t`` over ``batch``, plus their input ranges.
 
     ``micro_batch`` (default: all N at once) bounds the forward's activation memory; see module doc.
     """
@@ -203,21 +214,24 @@ def layer_grams(model, batch: CalibrationBatch, t: int, layers: list[LayerInfo],
         raise ValueError(f"layers {missing[:5]} are not in {type(model.denoiser).__name__}")
     grams = torch.zeros(len(layers), n, n, dtype=torch.float64)
     energy = torch.zeros(len(layers), dtype=torch.float64)
+    amax = torch.zeros(len(layers), dtype=torch.float32)
     chunks = [slice(s, min(s + mb, n)) for s in range(0, n, mb)]
     groups = [list(range(len(layers)))] if len(chunks) == 1 else _groups(layers, n, max_feature_bytes)
     for group in groups:
         feats: dict[int, list] = {i: [] for i in group}
         calls: dict[int, list] = {i: [] for i in group}  # outputs of one forward (a layer may run twice)
         last = group[-1]
+        cur_b = [0]
 
         def hook(i, name):
             def fn(mod, inputs, out):
                 calls[i].append(_per_sample(out.detach(), cur_b[0], name))
+                lo, hi = torch.aminmax(inputs[0].detach())
+                amax[i] = max(float(amax[i]), -float(lo), float(hi))
                 if i == last and len(calls[i]) == layers[i].calls:
                     raise _StopForward  # the rest of the forward pass feeds no hooked layer
             return fn
 
-        cur_b = [0]
         handles = [modules[layers[i].name].register_forward_hook(hook(i, layers[i].name)) for i in group]
         try:
             for sl in chunks:
@@ -244,7 +258,7 @@ def layer_grams(model, batch: CalibrationBatch, t: int, layers: list[LayerInfo],
             for i in group:
                 grams[i], energy[i] = _centred(torch.cat(feats[i], 0))
                 feats[i].clear()
-    return grams, energy
+    return LayerGrams(grams, energy, amax)
 
 
 def _centred(x: torch.Tensor):

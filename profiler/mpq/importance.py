@@ -18,6 +18,11 @@ alike.
 ``exp(−β γ)`` spans many orders of magnitude for a network of ~100 layers, so the aggregation runs in
 log space (``logsumexp``) and the result is divided by its maximum: the largest importance is 1.
 
+**β's scale.** ``γ`` sums over the other ``L−1`` layers, so its spread grows with the network (about
+15 for a 96-layer UNet, 5 for a 47-layer DiT in the zoo) and one absolute ``β`` means very different
+things on different models. :func:`beta_for_contrast` sets ``β = c / std_i(γ̄_i)`` (``γ̄`` the mean over
+timesteps): two layers one standard deviation apart differ in importance by ``e^c`` whatever the model.
+
 **Timesteps.** ``sample_timesteps(T, K)`` takes the midpoints of ``K`` equal strata of ``{0, …, T−1}``
 (uniform, deterministic: the same K gives the same steps on every run); ``K = T`` is every step.
 """
@@ -39,6 +44,15 @@ def log_importance(gamma: np.ndarray, beta: float) -> np.ndarray:
     if not np.isfinite(beta) or beta < 0:
         raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
     return -float(beta) * np.asarray(gamma, dtype=np.float64)
+
+
+def beta_for_contrast(gamma: np.ndarray, contrast: float) -> float:
+    """``β = c / std over layers of the time-mean γ`` (0 when all layers have the same γ)."""
+    if not np.isfinite(contrast) or contrast < 0:
+        raise ValueError(f"contrast must be a finite number >= 0, got {contrast!r}")
+    gamma = np.asarray(gamma, dtype=np.float64)
+    spread = float((gamma.mean(0) if gamma.ndim == 2 else gamma).std())
+    return float(contrast) / spread if spread > 0 else 0.0
 
 
 def timestep_weights(timesteps, num_train_timesteps: int, alpha: float) -> np.ndarray:

@@ -54,13 +54,20 @@ def centered_gram_from_features(x: torch.Tensor) -> tuple[torch.Tensor, float]:
     """``(K̃, tr K)`` for features ``x`` ``[N, D]``: the centred Gram ``[N, N]`` (float64) and the
     uncentred energy ``‖X‖_F²`` (for the degeneracy test).
 
-    Centring the features first (``X̃ = X − mean over samples``, ``K̃ = X̃ X̃ᵀ``) equals ``H K H`` exactly and
-    avoids the cancellation of centring a Gram whose entries are dominated by a shared mean.
+    Centring the features first (``X̃ = X − mean over samples``, ``K̃ = X̃ X̃ᵀ``) equals ``H K H`` and avoids
+    the cancellation of centring a Gram dominated by a shared mean. Float32 features are multiplied in
+    float32 (CKA needs ~3 significant digits; the Gram is the profiler's main cost after the forward)
+    and the result is stored in float64; float64 features stay float64.
     """
-    x = x.reshape(len(x), -1).double()
-    energy = float(x.pow(2).sum())
-    xc = x - x.mean(0, keepdim=True)
-    return xc @ xc.T, energy
+    x = x.reshape(len(x), -1)
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
+    mu = x.mean(0, keepdim=True)
+    xc = x - mu
+    k = (xc @ xc.T).double()
+    # ‖X‖² = ‖X̃‖² + N‖μ‖² = tr K̃ + N‖μ‖²: the energy without another pass over X
+    energy = float(k.diagonal().sum()) + len(x) * float(mu.double().pow(2).sum())
+    return k, energy
 
 
 def degenerate_mask(centered: torch.Tensor, energy: torch.Tensor | None = None) -> torch.Tensor:

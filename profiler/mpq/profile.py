@@ -5,74 +5,102 @@
 1. a calibration batch of ``N`` training images with their captions (:mod:`profiler.mpq.capture`);
 2. at each of ``K`` uniformly sampled timesteps: centred Grams of every quantizable layer's output, the
    all-pairs ORM (linear CKA, :mod:`profiler.mpq.orthogonality`) and ``γ_i(t) = Σ_{j≠i} ORM_t(i, j)``;
-3. importance ``θ_i = Σ_t w_t exp(−β γ_i(t))``, ``w_t ∝ exp(α t/(T−1))`` (:mod:`profiler.mpq.importance`),
-   and OMPQ's propagated weight ``θ̄_i`` = mean of ``θ`` over layer ``i`` and the layers after it;
-4. the integer program of :mod:`profiler.mpq.allocate` with values (see :func:`mpq_values`)::
+3. importance ``θ_i = Σ_t w_t exp(−β γ_i(t))``, ``w_t ∝ exp(α t/(T−1))`` (:mod:`profiler.mpq.importance`);
+4. the integer program of :mod:`profiler.mpq.allocate` over (weight, activation) bit pairs, maximising
+   importance-weighted precision (:func:`mpq_values`) under the memory and bit-operations budgets.
 
-       v_i(w, a) = θ̄_i · (w/8 + a/16)
+Choices where the paper is silent, measured with ``benchmarks/mpq.py`` on the zoo (numbers in its README
+section):
 
-   — OMPQ's "importance-weighted bits" with bits normalised by their maximum (``x = bits/8`` in OMPQ),
-   the activation term added the same way (MPQ-Diff allocates both).
-
-Defaults and why (measured by ``benchmarks/mpq.py`` on the zoo; see the report in the README):
-
-* ``N = 32`` calibration images (OMPQ's batch; CKA over 32 samples ranks layers stably).
-* ``K = 10`` timesteps.
-* ``β`` and ``α``: see :data:`DEFAULT_BETA`, :data:`DEFAULT_ALPHA` (chosen by validation on training
-  images, never on the held-out split; :func:`select_alpha_beta` reruns the selection for a model).
-* The first layer (the one reading ``x_t``) and the last (writing the prediction) are pinned to W8A8, as
-  is common (Q-Diffusion, PTQ4DM): they are tiny, and their error reaches the output unfiltered. They
-  count in the budget like any layer.
+* **Value of a choice** (``objective``). OMPQ's literal objective, importance-weighted bits
+  ``θ̄_i·(w/8 + a/16)``, is linear in the bits, so the program puts every layer at an extreme (2 or 8
+  bits) and the big layers at 2: on ``zoo:unet-xs-gradients`` at 3 average bits it lost to uniform W3A8
+  (held-out loss increase 0.054 against 0.045). The default ``"noise"`` weighs the relative noise power
+  of a ``b``-bit quantizer instead, ``v = −θ_i·(D(w) + D(a))``, ``D(b) = 1/(2^(b−1)−1)²`` — a
+  rate–distortion view of "importance-weighted bits" that makes the allocation spread (0.007 there).
+* **Propagation**: OMPQ's ``θ̄_i`` (mean of ``θ`` over layer ``i`` and those after it) made plans worse
+  on the zoo UNet at every ``β > 0.03``; off by default (``propagate=True`` restores it).
+* **β** is set by a scale-free contrast ``c`` (``β = c / std_i γ̄_i``, see
+  :func:`~profiler.mpq.importance.beta_for_contrast`); an absolute ``beta`` overrides it.
+* **β and α by validation** (``validate=True``): each (contrast, α) of a small grid is turned into a plan,
+  applied, and scored by the denoising-loss increase on training images held out of the calibration
+  batch (never the dataset's held-out split); the best is kept. Without it: ``contrast=1, α=0``.
+* ``N = 32`` calibration images (OMPQ's batch size); ``K = 10`` timesteps.
+* **Pinned layers**: the first layer (it reads ``x_t``) and the last (it writes the prediction) stay at
+  W8A8, as is common (Q-Diffusion, PTQ4DM): they are tiny, and their error reaches the output
+  unfiltered. They count in the budget like any layer.
+* **Layers constant over the batch** (the time-embedding MLP and every resnet's time projection see one
+  ``t``): CKA cannot rank them, so they get the ``γ`` of the most orthogonal real layer at that step.
 """
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
 from profiler.mpq.allocate import (A_CHOICES, W_CHOICES, Allocation, Budget, allocate, average_bits, check_budget,
                                    layer_weight_bytes, plan_bops)
-from profiler.mpq.bitplan import BitPlan
+from profiler.mpq.bitplan import BitPlan, apply_bitplan
 from profiler.mpq.capture import (DEFAULT_MAX_FEATURE_BYTES, CalibrationBatch, LayerInfo, calibration_batch,
                                   layer_grams, probe_layers)
-from profiler.mpq.importance import aggregate_importance, sample_timesteps, suffix_mean
+from profiler.mpq.importance import aggregate_importance, beta_for_contrast, sample_timesteps, suffix_mean
 from profiler.mpq.orthogonality import cka_matrix, degenerate_mask, orthogonality_sums
 
-DEFAULT_BETA = 1.0
-DEFAULT_ALPHA = 0.0
+OBJECTIVES = ("noise", "bits")
+CONTRAST_GRID = (0.25, 0.5, 1.0, 2.0)
+ALPHA_GRID = (-3.0, 0.0, 3.0)
 
-#: ``progress(stage, done, total)``: called as profiling advances (stage: "profile", "calibrate", ...).
+#: ``progress(stage, done, total)``: called as the work advances (stages: "profile", "validate").
 Progress = Callable[[str, int, int], None]
 
 
 @dataclass
 class MPQConfig:
-    """Settings of an MPQ-Diff profile and allocation (the defaults are the documented choices)."""
+    """Settings of an MPQ-Diff profile and allocation (defaults: the documented choices, module doc)."""
 
     timesteps: int = 10                 # K sampled timesteps (uniform strata of 0..T-1); T = every step
     n_calib: int = 32                   # calibration batch size N
-    beta: float = DEFAULT_BETA          # θ = exp(-β γ)
-    alpha: float = DEFAULT_ALPHA        # timestep weights ∝ exp(α t/(T-1)); 0 = plain mean
-    propagate: bool = True              # OMPQ's θ̄ (mean over the layer and those after it) instead of θ
-    objective: str = "noise"            # value of a choice: "noise" or OMPQ's literal "bits" (see mpq_values)
+    contrast: float = 1.0               # β = contrast / std_i(γ̄_i) (scale-free), unless beta is set
+    beta: float | None = None           # absolute β of θ = exp(-β γ); overrides contrast
+    alpha: float = 0.0                  # timestep weights ∝ exp(α t/(T-1)); 0 = plain mean
+    validate: bool = False              # pick (contrast, alpha) on the grids below by validation loss
+    contrast_grid: tuple = CONTRAST_GRID
+    alpha_grid: tuple = ALPHA_GRID
+    n_validation: int = 32              # training images (outside the calibration batch) for validation
+    propagate: bool = False             # OMPQ's θ̄ (mean over the layer and those after it) instead of θ
+    objective: str = "noise"            # "noise" or OMPQ's literal "bits" (see mpq_values)
     seed: int = 0                       # calibration images and noise
     w_choices: tuple = W_CHOICES
     a_choices: tuple = A_CHOICES
     pin_first_last: bool = True         # first (reads x_t) and last layer at pin_bits
     pin_bits: tuple = (8, 8)
-    a_bits_reference: int | None = 8    # BOPs budget = BOPs of the average weight bits with these activation bits
+    a_bits_reference: int | None = 8    # BOPs budget = BOPs of the average weight bits at these activation bits
     micro_batch: int | None = None      # split the calibration forward (memory); None = all N at once
     max_feature_bytes: int = DEFAULT_MAX_FEATURE_BYTES
 
     def __post_init__(self) -> None:
         if isinstance(self.n_calib, bool) or not isinstance(self.n_calib, int) or self.n_calib < 2:
             raise ValueError(f"n_calib must be an integer >= 2, got {self.n_calib!r}")
-        if not np.isfinite(self.beta) or self.beta < 0:
-            raise ValueError(f"beta must be a finite number >= 0, got {self.beta!r}")
-        if not np.isfinite(self.alpha):
-            raise ValueError(f"alpha must be finite, got {self.alpha!r}")
+        if self.beta is not None and (not np.isfinite(self.beta) or self.beta < 0):
+            raise ValueError(f"beta must be None or a finite number >= 0, got {self.beta!r}")
+        for name in ("contrast", "alpha"):
+            if not np.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite, got {getattr(self, name)!r}")
+        if self.contrast < 0:
+            raise ValueError(f"contrast must be >= 0, got {self.contrast!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if len(self.pin_bits) != 2:
+            raise ValueError(f"pin_bits must be (w_bits, a_bits), got {self.pin_bits!r}")
+
+    def replace(self, **changes) -> "MPQConfig":
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise TypeError(f"unknown MPQConfig field(s): {', '.join(sorted(unknown))}")
+        return MPQConfig(**{**asdict(self), **changes})
 
 
 @dataclass
@@ -86,9 +114,13 @@ class ImportanceProfile:
     n_calib: int
     seconds: float = 0.0
     degenerate: np.ndarray | None = None   # [K, L] layers constant over the batch at that step
+    input_max: np.ndarray | None = None    # [L] max |input| over the batch and timesteps (activation ranges)
     orm: np.ndarray | None = None          # [K, L, L] when kept (keep_orm=True)
 
-    def importance(self, beta: float = DEFAULT_BETA, alpha: float = DEFAULT_ALPHA) -> np.ndarray:
+    def beta(self, config: "MPQConfig") -> float:
+        return float(config.beta) if config.beta is not None else beta_for_contrast(self.gamma, config.contrast)
+
+    def importance(self, beta: float, alpha: float = 0.0) -> np.ndarray:
         """Aggregated ``θ`` ``[L]`` in execution order, max 1."""
         return aggregate_importance(self.gamma, self.timesteps, self.num_train_timesteps, beta, alpha)
 
@@ -101,12 +133,16 @@ def profile_importance(model, batch: CalibrationBatch, timesteps: int | list[int
                        layers: list[LayerInfo] | None = None, micro_batch: int | None = None,
                        max_feature_bytes: int = DEFAULT_MAX_FEATURE_BYTES, keep_orm: bool = False,
                        progress: Progress | None = None) -> ImportanceProfile:
-    """Per-timestep orthogonality of every quantizable layer of ``model`` on ``batch``.
+    """Per-timestep orthogonality of every quantizable layer of ``model`` (a ``T2IModel``) on ``batch``.
 
     ``timesteps``: ``K`` (sampled with :func:`~profiler.mpq.importance.sample_timesteps`) or explicit steps.
+    ``seconds`` is the wall time of the per-timestep captures and CKA (not the probe or data loading).
     """
     T = model.num_train_timesteps
-    ts = sample_timesteps(T, timesteps) if isinstance(timesteps, (int, np.integer)) else [int(t) for t in timesteps]
+    if isinstance(timesteps, (int, np.integer)) and not isinstance(timesteps, bool):
+        ts = sample_timesteps(T, int(timesteps))
+    else:
+        ts = [int(t) for t in timesteps]
     bad = [t for t in ts if not 0 <= t < T]
     if not ts or bad:
         raise ValueError(f"timesteps must lie in 0..{T - 1}, got {bad or ts}")
@@ -114,26 +150,24 @@ def profile_importance(model, batch: CalibrationBatch, timesteps: int | list[int
     t0 = time.perf_counter()
     gamma = np.zeros((len(ts), len(layers)))
     dead = np.zeros((len(ts), len(layers)), dtype=bool)
+    input_max = np.zeros(len(layers))
     orms = [] if keep_orm else None
     for k, t in enumerate(ts):
-        grams, energy = layer_grams(model, batch, t, layers, micro_batch, max_feature_bytes)
-        orm = cka_matrix(grams, energy, centered=True)
+        cap = layer_grams(model, batch, t, layers, micro_batch, max_feature_bytes)
+        orm = cka_matrix(cap.grams, cap.energy, centered=True)
         gamma[k] = orthogonality_sums(orm).numpy()
-        dead[k] = degenerate_mask(grams, energy).numpy()
+        dead[k] = degenerate_mask(cap.grams, cap.energy).numpy()
         if dead[k].any() and not dead[k].all():
-            # Constant over the batch at this t (time-embedding layers): CKA cannot rank them, and their
-            # formal γ = 0 would outrank every real layer by exp(β·γ). Rank them with the most orthogonal
-            # real layer instead (see the module doc).
+            # Constant over the batch at this t: CKA cannot rank them, and their formal γ = 0 would outrank
+            # every real layer by a factor exp(β·γ). Rank them with the most orthogonal real layer instead.
             gamma[k, dead[k]] = gamma[k, ~dead[k]].min()
+        input_max = np.maximum(input_max, cap.input_max.numpy())
         if keep_orm:
             orms.append(orm.numpy())
         if progress is not None:
             progress("profile", k + 1, len(ts))
-    return ImportanceProfile(layers, ts, T, gamma, len(batch), time.perf_counter() - t0, dead,
+    return ImportanceProfile(layers, ts, T, gamma, len(batch), time.perf_counter() - t0, dead, input_max,
                              None if orms is None else np.stack(orms))
-
-
-OBJECTIVES = ("noise", "bits")
 
 
 def quant_noise(bits) -> np.ndarray:
@@ -142,12 +176,12 @@ def quant_noise(bits) -> np.ndarray:
     return 1.0 / (2.0 ** (b - 1) - 1.0) ** 2
 
 
-def mpq_values(theta_bar: np.ndarray, w_choices=W_CHOICES, a_choices=A_CHOICES, objective: str = "noise") -> np.ndarray:
-    """Values ``v_i(w, a)`` ``[L, |W|, |A|]`` (choices sorted ascending) for importance ``θ̄`` ``[L]``.
+def mpq_values(theta: np.ndarray, w_choices=W_CHOICES, a_choices=A_CHOICES, objective: str = "noise") -> np.ndarray:
+    """Values ``v_i(w, a)`` ``[L, |W|, |A|]`` (choices sorted ascending) for importances ``θ`` ``[L]``.
 
-    * ``"noise"`` (default): ``v = −θ̄_i · (D(w) + D(a))``, ``D(b) = 1/(2^(b−1)−1)²`` — importance-weighted
-      quantization noise of the layer's weights and input (each relative to its range), to be minimised.
-    * ``"bits"``: ``v = θ̄_i · (w/max W + a/max A)`` — OMPQ's importance-weighted bits, literally.
+    * ``"noise"`` (default): ``v = −θ_i · (D(w) + D(a))``, ``D(b) = 1/(2^(b−1)−1)²`` — importance-weighted
+      quantization noise of the layer's weights and of its input, each relative to its range.
+    * ``"bits"``: ``v = θ_i · (w/max W + a/max A)`` — OMPQ's importance-weighted bits, literally.
     """
     ws = np.array(sorted(set(w_choices)), dtype=np.float64)
     as_ = np.array(sorted(set(a_choices)), dtype=np.float64)
@@ -157,14 +191,15 @@ def mpq_values(theta_bar: np.ndarray, w_choices=W_CHOICES, a_choices=A_CHOICES, 
         unit = ws[:, None] / ws.max() + as_[None, :] / as_.max()
     else:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    return np.asarray(theta_bar, dtype=np.float64)[:, None, None] * unit[None]
+    return np.asarray(theta, dtype=np.float64)[:, None, None] * unit[None]
 
 
 def pinned_layers(layers: list[LayerInfo], config: MPQConfig) -> dict:
     """``{index: (w, a)}`` of the layers fixed by ``config`` (first and last, when ``pin_first_last``)."""
     if not config.pin_first_last:
         return {}
-    return {i: tuple(config.pin_bits) for i, info in enumerate(layers) if info.role in ("input", "output")}
+    return {i: tuple(int(b) for b in config.pin_bits) for i, info in enumerate(layers)
+            if info.role in ("input", "output")}
 
 
 def resolve_budget(layers: list[LayerInfo], budget=None, avg_bits: float | None = None,
@@ -185,8 +220,8 @@ def resolve_budget(layers: list[LayerInfo], budget=None, avg_bits: float | None 
 
 
 def plan_from_allocation(layers: list[LayerInfo], alloc: Allocation, budget: Budget, importance=None,
-                         settings: dict | None = None, timing: dict | None = None) -> BitPlan:
-    """Wrap an :class:`Allocation` as a :class:`BitPlan` with usage in both storage models."""
+                         settings: dict | None = None, timing: dict | None = None, act_ranges=None) -> BitPlan:
+    """Wrap an :class:`Allocation` as a :class:`BitPlan`, with its usage under both storage models."""
     usage = {
         "weight_bytes": alloc.weight_bytes,
         "nominal_bytes": sum(layer_weight_bytes(i, w, "nominal") for i, w in zip(layers, alloc.w_bits)),
@@ -199,33 +234,88 @@ def plan_from_allocation(layers: list[LayerInfo], alloc: Allocation, budget: Bud
         layers={i.name: {"w_bits": int(w), "a_bits": int(a)} for i, w, a in zip(layers, alloc.w_bits, alloc.a_bits)},
         budget=budget.to_dict(), usage=usage,
         importance={} if importance is None else {i.name: float(v) for i, v in zip(layers, importance)},
+        act_ranges={} if act_ranges is None else {i.name: float(v) for i, v in zip(layers, act_ranges)},
         layer_info={i.name: {k: v for k, v in i.to_dict().items() if k != "name"} for i in layers},
         settings=dict(settings or {}), timing={"solve_s": alloc.solve_s, **(timing or {})})
 
 
 def plan_from_profile(profile: ImportanceProfile, budget: Budget, config: MPQConfig | None = None,
                       extra_settings: dict | None = None) -> BitPlan:
-    """MPQ-Diff's allocation for an existing profile (cheap: reuse one profile for many budgets)."""
+    """MPQ-Diff's allocation for an existing profile (cheap: one profile serves many budgets)."""
     config = config or MPQConfig()
     layers = profile.layers
-    theta = profile.importance(config.beta, config.alpha)
-    weight = suffix_mean(theta) if config.propagate else theta
-    values = mpq_values(weight, config.w_choices, config.a_choices, config.objective)
-    alloc = allocate(layers, values, budget, config.w_choices, config.a_choices, pinned_layers(layers, config))
-    settings = {"allocator": "mpq", **_settings(config), "timesteps": list(profile.timesteps),
+    beta = profile.beta(config)
+    theta = profile.importance(beta, config.alpha)
+    values = mpq_values(suffix_mean(theta) if config.propagate else theta, config.w_choices, config.a_choices,
+                        config.objective)
+    pinned = pinned_layers(layers, config)
+    alloc = allocate(layers, values, budget, config.w_choices, config.a_choices, pinned)
+    settings = {"allocator": "mpq", **_settings(config), "beta_used": beta, "timesteps": list(profile.timesteps),
                 "num_train_timesteps": profile.num_train_timesteps, "n_calib": profile.n_calib,
-                "pinned": [layers[i].name for i in pinned_layers(layers, config)], **(extra_settings or {})}
-    return plan_from_allocation(layers, alloc, budget, theta, settings, {"profile_s": profile.seconds})
+                "pinned": [layers[i].name for i in pinned], **(extra_settings or {})}
+    return plan_from_allocation(layers, alloc, budget, theta, settings, {"profile_s": profile.seconds},
+                                profile.input_max)
 
 
 def _settings(config: MPQConfig) -> dict:
     d = asdict(config)
-    d["w_choices"], d["a_choices"], d["pin_bits"] = list(config.w_choices), list(config.a_choices), list(config.pin_bits)
+    for k in ("w_choices", "a_choices", "pin_bits", "contrast_grid", "alpha_grid"):
+        d[k] = list(d[k])
     d["k"] = d.pop("timesteps")
     return d
 
 
-def _load(model, dataset):
+# ------------------------------------------------------------------------------------------ validation
+def with_denoiser(model, denoiser):
+    """A shallow copy of ``model`` (a ``T2IModel``) that runs ``denoiser`` instead of its own."""
+    other = copy.copy(model)
+    other.denoiser = denoiser
+    return other
+
+
+def quantized_copy(model, plan: BitPlan, calibration: CalibrationBatch | None = None):
+    """A copy of ``model`` whose denoiser (deep-copied) is quantized with ``plan``; ``model`` is untouched."""
+    q = with_denoiser(model, copy.deepcopy(model.denoiser))
+    apply_bitplan(q, plan, calibration)
+    return q
+
+
+def select_by_validation(model, profile: ImportanceProfile, budget: Budget, validation, config: MPQConfig,
+                         progress: Progress | None = None) -> tuple[MPQConfig, list[dict]]:
+    """The ``config`` with the (contrast, α) of its grids whose plan has the lowest validation loss.
+
+    ``validation`` is an ``ImageTextDataset`` of training images outside the calibration batch; the score
+    is ``finetune.metrics.heldout_loss`` of the quantized model on it (fixed timesteps and noise). Plans
+    that come out identical are scored once. Returns the chosen config and every candidate's score.
+    """
+    from finetune.metrics import heldout_loss
+
+    grid = [(c, a) for c in config.contrast_grid for a in config.alpha_grid]
+    scores, seen, table = {}, {}, []
+    for n, (c, a) in enumerate(grid):
+        cand = config.replace(contrast=float(c), alpha=float(a), beta=None, validate=False)
+        plan = plan_from_profile(profile, budget, cand)
+        key = tuple(plan.w_bits) + tuple(plan.a_bits)
+        if key not in seen:
+            seen[key] = heldout_loss(quantized_copy(model, plan), validation).mean
+        scores[(c, a)] = seen[key]
+        table.append({"contrast": float(c), "alpha": float(a), "validation_loss": seen[key]})
+        if progress is not None:
+            progress("validate", n + 1, len(grid))
+    c, a = min(grid, key=lambda ca: (scores[ca], abs(ca[1]), abs(np.log(ca[0]))))  # ties: plainest settings
+    return config.replace(contrast=float(c), alpha=float(a), beta=None), table
+
+
+def validation_images(train, batch: CalibrationBatch, n: int):
+    """Up to ``n`` training images not in the calibration batch (None if there are none)."""
+    used = set(batch.indices or [])
+    rest = [i for i in range(len(train)) if i not in used][:n]
+    return train.subset(rest) if rest else None
+
+
+# ------------------------------------------------------------------------------------------ entry point
+def load_model_and_data(model, dataset):
+    """``(T2IModel, SplitDataset)`` from objects or references (``zoo:NAME`` / folder, ``builtin:NAME`` / folder)."""
     from data import SplitDataset, load_dataset
     from finetune.model import T2IModel
 
@@ -243,17 +333,17 @@ def profile_bits(model, dataset, budget=None, *, avg_bits: float | None = None, 
         model: a ``T2IModel`` or a model reference (``zoo:NAME``, a diffusers folder, a Hub id).
         dataset: a ``SplitDataset`` or a dataset reference; calibration images come from its train split.
         budget: weight memory in bytes as ``finetune.quant`` stores it (or a :class:`Budget`); the BOPs
-            budget is then that of a uniform plan of the same average bits with 8-bit activations.
+            budget is then that of a uniform plan with the same average bits and 8-bit activations.
         avg_bits: instead of ``budget``: average weight bits (nominal bytes, BOPs of ``W{avg}A8``).
         timesteps: ``K`` sampled timesteps (or explicit steps).
-        config: an :class:`MPQConfig`; ``overrides`` set its fields (``beta=…``, ``n_calib=…``).
+        config: an :class:`MPQConfig`; ``overrides`` set its fields (``contrast=…``, ``validate=True``, …).
         progress: ``progress(stage, done, total)``.
 
     Raises:
         InfeasibleBudgetError: the budget is below the smallest feasible one (stated in the message).
     """
-    config = MPQConfig(**{**asdict(config or MPQConfig()), "timesteps": timesteps, **overrides})
-    model, ds = _load(model, dataset)
+    config = (config or MPQConfig()).replace(timesteps=timesteps, **overrides)
+    model, ds = load_model_and_data(model, dataset)
     batch = calibration_batch(model, ds.train, config.n_calib, config.seed)
     layers = probe_layers(model, batch)
     bud = resolve_budget(layers, budget, avg_bits, config.a_bits_reference)
@@ -261,10 +351,20 @@ def profile_bits(model, dataset, budget=None, *, avg_bits: float | None = None, 
     check_budget(layers, bud, config.w_choices, config.a_choices, pinned_layers(layers, config))
     prof = profile_importance(model, batch, config.timesteps, layers, config.micro_batch, config.max_feature_bytes,
                               progress=progress)
-    return plan_from_profile(prof, bud, config, {"model": _ref(model), "dataset": getattr(ds, "ref", None) or ds.name})
+    extra = {"model": model_ref(model), "dataset": getattr(ds, "ref", None) or ds.name}
+    if config.validate:
+        val = validation_images(ds.train, batch, config.n_validation)
+        if val is None:
+            raise ValueError(f"validate=True needs training images outside the calibration batch, but all "
+                             f"{len(ds.train)} are in it; lower n_calib or turn validation off")
+        t0 = time.perf_counter()
+        config, table = select_by_validation(model, prof, bud, val, config, progress)
+        extra.update(validation=table, n_validation=len(val), validation_s=time.perf_counter() - t0)
+    return plan_from_profile(prof, bud, config, extra)
 
 
-def _ref(model) -> str | None:
-    path = getattr(getattr(model, "pipeline", None), "name_or_path", None) or \
-        getattr(getattr(model, "pipeline", None), "_name_or_path", None)
+def model_ref(model) -> str | None:
+    """Where ``model`` was loaded from, when known."""
+    pipe = getattr(model, "pipeline", None)
+    path = getattr(pipe, "name_or_path", None) or getattr(getattr(pipe, "config", None), "_name_or_path", None)
     return str(path) if path else None

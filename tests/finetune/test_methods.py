@@ -10,7 +10,7 @@ import torch
 from data import SplitDataset, load_dataset
 from finetune.methods import METHODS, get_method
 from finetune.model import T2IModel
-from finetune.run import run
+from finetune.runner import run
 from tiny_models import tiny_model
 
 STEPS = 3

@@ -1,4 +1,4 @@
-"""``finetune.run``: the one entry point that fine-tunes a model on a dataset with a registered method.
+"""``finetune.run`` (defined here): the one entry point that fine-tunes a model on a dataset with a registered method.
 
 ::
 
