@@ -1,1 +1,34 @@
-"""profiler package."""
+"""profiler: measuring models — MPQ-Diff layer profiling and bit allocation (:mod:`profiler.mpq`).
+
+Importing ``profiler`` is cheap: the public names below load their modules (torch, scipy) on first use.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "profile_bits": "profiler.mpq.profile",
+    "MPQConfig": "profiler.mpq.profile",
+    "BitPlan": "profiler.mpq.bitplan",
+    "BitPlanError": "profiler.mpq.bitplan",
+    "apply_bitplan": "profiler.mpq.bitplan",
+    "Budget": "profiler.mpq.allocate",
+    "InfeasibleBudgetError": "profiler.mpq.allocate",
+    "run_quantize": "profiler.mpq.run",
+    "QuantizeResult": "profiler.mpq.run",
+    "plot_bitplan": "profiler.mpq.plot",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'profiler' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

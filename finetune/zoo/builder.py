@@ -228,6 +228,9 @@ def build(name: str, force: bool = False, steps: int | None = None,
     A built model is reused unless ``force`` is set or ``steps`` asks for a different step count than the
     one it was built with (``steps`` overrides the spec's, for quick builds in tests and demos).
     ``progress(done_steps, total_steps)`` is called after every training step.
+
+    A descendant (``spec.parent``) first builds its parent if needed (with the parent's own steps) and
+    starts from the parent's weights. Rebuilding a parent does not rebuild its built descendants.
     """
     from finetune.images import save_grid
     from finetune.model import T2IModel
@@ -243,7 +246,14 @@ def build(name: str, force: bool = False, steps: int | None = None,
         t0 = time.perf_counter()
         tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}.build-", dir=zoo_home()))
         try:
-            model = T2IModel(new_pipeline(spec))
+            if spec.parent is None:
+                model = T2IModel(new_pipeline(spec))
+                lineage = []
+            else:
+                from finetune.pipeline import MandcPixelPipeline
+
+                model = T2IModel(MandcPixelPipeline.from_pretrained(str(build(spec.parent))))
+                lineage = load_card(spec.parent)["lineage"]
             data, datasets, captions = pretraining_data(spec, model)
             config = TrainConfig(steps=spec.steps if steps is None else steps, batch_size=spec.batch_size,
                                  lr=spec.lr, warmup_steps=spec.warmup_steps, snr_gamma=spec.snr_gamma,
@@ -254,7 +264,7 @@ def build(name: str, force: bool = False, steps: int | None = None,
             prompts = _grid_prompts(spec, captions, data)
             images = model.sample(prompts, steps=GRID_STEPS, seed=0, guidance_scale=GRID_GUIDANCE)
             save_grid(images, tmp / "samples.png", nrow=8)
-            meta = _card_meta(spec, model, config, result, datasets, len(data), time.perf_counter() - t0)
+            meta = _card_meta(spec, model, config, result, datasets, len(data), lineage, time.perf_counter() - t0)
             write_card(tmp, meta, _card_body(spec, meta, prompts))
             os.chmod(tmp, 0o755)  # mkdtemp makes it private; a model folder is an ordinary shared folder
             if final.exists():  # force: move the old build aside first (a directory rename is atomic)
@@ -267,9 +277,12 @@ def build(name: str, force: bool = False, steps: int | None = None,
     return final
 
 
-def _card_meta(spec: ZooSpec, model, config, result, datasets: list[str], n_images: int, seconds: float) -> dict:
+def _card_meta(spec: ZooSpec, model, config, result, datasets: list[str], n_images: int, lineage: list[dict],
+               seconds: float) -> dict:
     total = sum(spec.mixture.values())
+    mixture = {k: round(v / total, 4) for k, v in spec.mixture.items()}
     tail = result.losses[-50:]
+    lineage = lineage + [{"model": spec.name, "mixture": mixture, "steps": config.steps}]
     return {
         "library_name": "diffusers",
         "pipeline_tag": "text-to-image",
@@ -280,7 +293,10 @@ def _card_meta(spec: ZooSpec, model, config, result, datasets: list[str], n_imag
         "denoiser_class": type(model.denoiser).__name__,
         "parameters": {"denoiser": model.num_parameters("denoiser"),
                        "text_encoder": model.num_parameters("text_encoder")},
-        "mixture": {k: round(v / total, 4) for k, v in spec.mixture.items()},
+        "mixture": mixture,
+        "parent": spec.parent,
+        "lineage": lineage,  # pretraining stages, root first: the weights saw all of them in order
+        "total_steps": sum(stage["steps"] for stage in lineage),
         "datasets": datasets,
         "dataset_seed": PRETRAIN_SEED,
         "n_images": n_images,
@@ -290,7 +306,7 @@ def _card_meta(spec: ZooSpec, model, config, result, datasets: list[str], n_imag
         "warmup_steps": config.warmup_steps,
         "snr_gamma": config.snr_gamma,
         "seed": spec.seed,
-        "final_loss": round(sum(tail) / max(1, len(tail)), 5),
+        "final_loss": round(sum(tail) / len(tail), 5) if tail else None,
         "resolution": model.resolution,
         "scheduler": dict(SCHEDULER_CONFIG),
         "denoiser_config": {k: list(v) if isinstance(v, tuple) else v for k, v in spec.denoiser.items()},
@@ -310,10 +326,13 @@ def _card_body(spec: ZooSpec, meta: dict, prompts: list[str]) -> str:
         f"{meta['denoiser_class']} denoiser with {meta['parameters']['denoiser']:,} parameters, "
         f"conditioned on all-MiniLM-L6-v2 token states ({PROMPT_TOKENS} tokens × 384).",
         "",
+        *([f"**Initialised from** `zoo:{spec.parent}` ({meta['total_steps'] - meta['steps']} steps of "
+           f"pretraining, see its card), then trained further as below.", ""] if spec.parent else []),
         f"**Pretraining.** {meta['steps']} AdamW steps (batch {meta['batch_size']}, lr {meta['lr']}, "
         f"{meta['warmup_steps']} warmup steps, seed {meta['seed']}, 10% caption dropout for classifier-free "
-        f"guidance) on {meta['n_images']} catalog images from {len(meta['datasets'])} datasets; mixture: {mix}. "
-        f"Final training loss (ε-MSE, last 50 steps): {meta['final_loss']}. Built in "
+        f"guidance, Min-SNR-γ={meta['snr_gamma']} loss weights) on {meta['n_images']} catalog images from "
+        f"{len(meta['datasets'])} datasets; mixture: {mix}. "
+        f"Final training loss (weighted ε-MSE, mean of the last 50 steps): {meta['final_loss']}. Built in "
         f"{meta['build_seconds']} s with torch {meta['versions']['torch']}, diffusers "
         f"{meta['versions']['diffusers']}.",
         "",

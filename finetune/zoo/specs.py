@@ -6,7 +6,10 @@ their losses on a dataset compare directly. They differ in
 
 - **denoiser**: ``unet`` (``UNet2DConditionModel``) or ``dit`` (``PixArtTransformer2DModel``), 0.3M→8M params;
 - **pretraining mixture**: sampling weights over catalog families (specialists on 1–2 families,
-  generalists on all, a big model on narrow data, a small one on broad data...).
+  generalists on all, a big model on narrow data, a small one on broad data...);
+- **lineage**: like checkpoints on a real hub, some models are descendants — they start from a
+  ``parent`` zoo model (same denoiser) and continue pretraining on their own mixture. A specialist thus
+  gets the base model's training plus its own at the cost of its own steps only.
 
 Differences in both are what make model selection a real problem: after a short fine-tune on a catalog
 dataset, the best starting point depends on the dataset.
@@ -74,6 +77,7 @@ class ZooSpec:
     per_dataset: int = 192         # image-caption pairs drawn from each catalog dataset of the mixture
     warmup_steps: int = 50
     snr_gamma: float = 5.0         # Min-SNR-γ loss weighting: ~2x faster convergence at these tiny budgets
+    parent: str | None = None      # zoo model whose weights this one starts from (a fine-tuned descendant)
 
     def __post_init__(self) -> None:
         if self.family not in ("unet", "dit"):
@@ -114,3 +118,22 @@ ZOO_SPECS: list[ZooSpec] = [
 ]
 
 ZOO: dict[str, ZooSpec] = {s.name: s for s in ZOO_SPECS}
+
+
+def check_lineage(zoo: dict[str, ZooSpec]) -> None:
+    """Every ``parent`` is a zoo model with the same denoiser, and no lineage loops."""
+    for spec in zoo.values():
+        seen, cur = {spec.name}, spec
+        while cur.parent is not None:
+            parent = zoo.get(cur.parent)
+            if parent is None:
+                raise ValueError(f"zoo spec {cur.name}: parent {cur.parent!r} is not in the zoo")
+            if (parent.family, parent.denoiser) != (cur.family, cur.denoiser):
+                raise ValueError(f"zoo spec {cur.name}: its denoiser differs from its parent {parent.name}'s")
+            if parent.name in seen:
+                raise ValueError(f"zoo spec {spec.name}: lineage loops through {parent.name}")
+            seen.add(parent.name)
+            cur = parent
+
+
+check_lineage(ZOO)

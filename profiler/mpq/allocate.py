@@ -25,6 +25,9 @@ Infeasible budgets raise :class:`InfeasibleBudgetError`, which states the smalle
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -38,6 +41,9 @@ A_CHOICES = (4, 6, 8, 16)
 STORAGES = ("nominal", "packed")
 #: Bytes of per-output-channel state per quantized layer row: uint8 zero point + float32 s_out + Δs_out.
 SCALE_BYTES_PER_CHANNEL = 1 + 4 + 4
+#: Relative optimality gap at which HiGHS stops: plans within 0.01% of the best objective are as good as it
+#: for our purposes, and proving the last digits can take seconds on ~100 layers.
+MIP_REL_GAP = 1e-4
 
 
 class InfeasibleBudgetError(ValueError):
@@ -99,15 +105,14 @@ class Budget:
             raise ValueError(f"bit-operations budget must be positive or None, got {self.bops!r}")
 
     @classmethod
-    def from_avg_bits(cls, layers: list[LayerInfo], avg_bits: float, a_bits: int | None = 8,
-                      storage: str = "nominal") -> "Budget":
-        """The memory of every layer at ``avg_bits`` weight bits (fractional allowed), and the BOPs of
+    def from_avg_bits(cls, layers: list[LayerInfo], avg_bits: float, a_bits: int | None = 8) -> "Budget":
+        """The nominal memory of every layer at ``avg_bits`` weight bits (fractional allowed), and the BOPs of
         ``avg_bits`` weights with ``a_bits`` activations everywhere (``a_bits=None``: no BOPs limit)."""
         if not np.isfinite(avg_bits) or not 1 <= avg_bits <= 32:
             raise ValueError(f"average weight bits must be in 1..32, got {avg_bits!r}")
         mem = sum(info.n_weights * avg_bits / 8 + scale_bytes(info) for info in layers)
         bops = None if a_bits is None else sum(info.macs * avg_bits * a_bits for info in layers)
-        return cls(weight_bytes=float(mem), bops=None if bops is None else float(bops), storage=storage,
+        return cls(weight_bytes=float(mem), bops=None if bops is None else float(bops), storage="nominal",
                    avg_bits=float(avg_bits))
 
     @classmethod
@@ -137,6 +142,31 @@ class Allocation:
     bops: float
     solve_s: float
     message: str = ""
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """Silence C-level writes to stdout for the block: HiGHS prints solver-internal debug lines there
+    (e.g. ``HighsMipSolverData::transformNewIntegerFeasibleSolution``) that would garble CLI output."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # captured or replaced stdout: nothing to silence
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), fd)
+            yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
+def _milp(*args, **kwargs):
+    with _quiet_stdout():
+        return milp(*args, **kwargs)
 
 
 def _choices(w_choices, a_choices):
@@ -171,11 +201,14 @@ def allocate(layers: list[LayerInfo], values: np.ndarray, budget: Budget, w_choi
         raise ValueError("values hold NaN or infinite entries")
     mem, bops, allowed = _cost_tables(layers, pairs, budget.storage, pinned)
     _check_feasible(layers, mem, bops, allowed, budget)
+    vals = values.reshape(L, C)
+    # Dropping dominated choices loses no optimum and removes exact ties (W8A4 vs W4A8 under the noise
+    # objective), which otherwise make branch-and-bound crawl through equivalent solutions.
+    allowed &= ~_dominated(vals, mem, bops)
 
     # Scale rows to O(1) so HiGHS' absolute tolerances are relative ones, and keep a hair of slack so a
     # tolerance-level violation cannot push the exact costs over the budget (retried without the slack
     # for a budget that is exactly the minimum).
-    vals = values.reshape(L, C)
     vscale = max(np.abs(vals).max(), 1e-300)
     c = -(vals / vscale).ravel()
     rows = [np.kron(np.eye(L), np.ones(C)), (mem / budget.weight_bytes).ravel()[None]]
@@ -186,9 +219,9 @@ def allocate(layers: list[LayerInfo], values: np.ndarray, budget: Budget, w_choi
     t0 = time.perf_counter()
     for slack in (1e-9, 0.0):
         hi = np.concatenate([np.ones(L), np.full(len(rows) - 1, 1.0 - slack)])
-        res = milp(c, constraints=LinearConstraint(A, lo, hi), integrality=np.ones(L * C),
+        res = _milp(c, constraints=LinearConstraint(A, lo, hi), integrality=np.ones(L * C),
                    bounds=Bounds(np.zeros(L * C), allowed.ravel().astype(float)),
-                   options={"time_limit": float(time_limit), "mip_rel_gap": 1e-6})
+                   options={"time_limit": float(time_limit), "mip_rel_gap": MIP_REL_GAP})
         if res.x is not None:
             break
     solve_s = time.perf_counter() - t0
@@ -205,6 +238,18 @@ def allocate(layers: list[LayerInfo], values: np.ndarray, budget: Budget, w_choi
                            f"BOPs {used_bops:.4g}/{budget.bops})")
     return Allocation(w_bits, a_bits, float(vals[np.arange(L), pick].sum()), used_mem, used_bops, solve_s,
                       str(res.message))
+
+
+def _dominated(vals: np.ndarray, mem: np.ndarray, bops: np.ndarray) -> np.ndarray:
+    """``[L, C]``: choice ``c`` of layer ``i`` is dominated when another choice is no worse in value, memory and
+    BOPs and better in one (of exact ties, all but the first are marked)."""
+    v, m, b = vals[:, :, None], mem[:, :, None], bops[:, :, None]        # c along axis 1, c' along axis 2
+    v2, m2, b2 = vals[:, None, :], mem[:, None, :], bops[:, None, :]
+    no_worse = (v2 >= v) & (m2 <= m) & (b2 <= b)
+    better = (v2 > v) | (m2 < m) | (b2 < b)
+    C = vals.shape[1]
+    earlier = np.tril(np.ones((C, C), dtype=bool), -1)[None]              # [c, c'] true when c' < c
+    return ((no_worse & better) | (no_worse & ~better & earlier)).any(2)
 
 
 def _cost_tables(layers, pairs, storage: str, pinned: dict | None):
@@ -228,6 +273,10 @@ def check_budget(layers: list[LayerInfo], budget: Budget, w_choices=W_CHOICES, a
     pairs = _choices(w_choices, a_choices)
     mem, bops, allowed = _cost_tables(layers, pairs, budget.storage, pinned)
     _check_feasible(layers, mem, bops, allowed, budget)
+    vals = values.reshape(L, C)
+    # Dropping dominated choices loses no optimum and removes exact ties (W8A4 vs W4A8 under the noise
+    # objective), which otherwise make branch-and-bound crawl through equivalent solutions.
+    allowed &= ~_dominated(vals, mem, bops)
 
 
 def _check_feasible(layers, mem, bops, allowed, budget: Budget) -> None:

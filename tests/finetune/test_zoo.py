@@ -24,19 +24,22 @@ TINY = {
     "test-dit": ZooSpec("test-dit", "dit", dit(32, 1, heads=2, patch=4), {"digits": 1}, steps=3, batch_size=4,
                         lr=1e-3, seed=8, description="test PixArt", per_dataset=6, warmup_steps=1),
 }
+CHILD = ZooSpec("test-unet-digits", "unet", unet((8, 16), groups=4, head_dim=8), {"digits": 1}, steps=2,
+                batch_size=4, lr=1e-3, seed=9, description="test descendant", per_dataset=6, warmup_steps=1,
+                parent="test-unet")
 
 
 @pytest.fixture
 def tiny_zoo(mandc_home, monkeypatch):
-    for name, spec in TINY.items():
-        monkeypatch.setitem(ZOO, name, spec)
+    for spec in [*TINY.values(), CHILD]:
+        monkeypatch.setitem(ZOO, spec.name, spec)
     monkeypatch.setattr(builder, "GRID_PROMPTS", 4)
     monkeypatch.setattr(builder, "GRID_STEPS", 2)
     return mandc_home
 
 
 def _weights(name: str) -> dict:
-    sub = "unet" if TINY[name].family == "unet" else "transformer"
+    sub = "unet" if ZOO[name].family == "unet" else "transformer"
     return load_file(str(zoo.zoo_path(name) / sub / "diffusion_pytorch_model.safetensors"))
 
 
@@ -117,6 +120,33 @@ def test_build_is_deterministic_and_cached(tiny_zoo):
     zoo.build("test-unet", steps=1)  # a different step count rebuilds
     assert zoo.load_card("test-unet")["steps"] == 1
     assert any(not torch.equal(first[k], v) for k, v in _weights("test-unet").items())
+
+
+def test_descendant_starts_from_its_parent(tiny_zoo):
+    zoo.build("test-unet-digits", steps=0)  # builds the parent first; no own steps: weights are the parent's
+    assert zoo.is_built("test-unet")
+    parent, child = _weights("test-unet"), _weights("test-unet-digits")
+    assert all(torch.equal(parent[k], child[k]) for k in parent)
+    zoo.build("test-unet-digits", force=True)  # now with its own 2 steps
+    assert any(not torch.equal(parent[k], v) for k, v in _weights("test-unet-digits").items())
+    card = zoo.load_card("test-unet-digits")
+    assert card["parent"] == "test-unet" and card["total_steps"] == 3 + 2
+    assert [(s["model"], s["steps"]) for s in card["lineage"]] == [("test-unet", 3), ("test-unet-digits", 2)]
+    assert card["lineage"][0]["mixture"] == zoo.load_card("test-unet")["mixture"]
+    assert "Initialised from** `zoo:test-unet`" in (zoo.zoo_path("test-unet-digits") / "README.md").read_text()
+
+
+def test_lineage_is_checked():
+    from finetune.zoo.specs import check_lineage
+
+    with pytest.raises(ValueError, match="not in the zoo"):
+        check_lineage({"a": CHILD})
+    other = ZooSpec("test-unet", "unet", unet((8, 8), groups=4, head_dim=8), {"digits": 1}, 1, 1, 1e-3, 0, "x")
+    with pytest.raises(ValueError, match="denoiser differs"):
+        check_lineage({"test-unet": other, CHILD.name: CHILD})
+    loop = ZooSpec("test-unet", "unet", CHILD.denoiser, {"digits": 1}, 1, 1, 1e-3, 0, "x", parent=CHILD.name)
+    with pytest.raises(ValueError, match="loops"):
+        check_lineage({"test-unet": loop, CHILD.name: CHILD})
 
 
 def test_failed_build_leaves_nothing(tiny_zoo, monkeypatch):
