@@ -332,13 +332,13 @@ def _card_body(spec: ZooSpec, meta: dict, prompts: list[str]) -> str:
         f"{meta['warmup_steps']} warmup steps, seed {meta['seed']}, 10% caption dropout for classifier-free "
         f"guidance, Min-SNR-γ={meta['snr_gamma']} loss weights) on {meta['n_images']} catalog images from "
         f"{len(meta['datasets'])} datasets; mixture: {mix}. "
-        f"Final training loss (weighted ε-MSE, mean of the last 50 steps): {meta['final_loss']}. Built in "
+        f"Final training loss (weighted v-MSE, mean of the last 50 steps): {meta['final_loss']}. Built in "
         f"{meta['build_seconds']} s with torch {meta['versions']['torch']}, diffusers "
         f"{meta['versions']['diffusers']}.",
         "",
         "The catalog images were drawn with seeds other than 0, so the canonical evaluation datasets "
         "(seed 0) are unseen. Noise schedule shared by the whole zoo: DDPM, T=1000, cosine ᾱ, "
-        "ε-prediction.",
+        "v-prediction.",
         "",
         f"![samples](samples.png)  ",
         f"DDIM {GRID_STEPS} steps, guidance {GRID_GUIDANCE}, seed 0, for these prompts (row by row):",

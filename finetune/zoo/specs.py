@@ -1,7 +1,7 @@
 """The reference zoo: one table of pixel-space T2I models that differ in capacity and pretraining mixture.
 
 All models share one pixel space (32×32 RGB in ``[-1, 1]``), one text encoder (MiniLM, 24 tokens × 384)
-and ONE noise schedule (:data:`SCHEDULER_CONFIG`: DDPM, T=1000, cosine ᾱ_t, ε-prediction), so
+and ONE noise schedule (:data:`SCHEDULER_CONFIG`: DDPM, T=1000, cosine ᾱ_t, v-prediction), so
 their losses on a dataset compare directly. They differ in
 
 - **denoiser**: ``unet`` (``UNet2DConditionModel``) or ``dit`` (``PixArtTransformer2DModel``), 0.3M→8M params;
@@ -23,11 +23,16 @@ PROMPT_TOKENS = 24       # fixed prompt length (MiniLM tokens)
 TEXT_DIM = 384           # MiniLM hidden size = cross-attention context width
 PRETRAIN_SEED = 1000     # catalog seed of all pretraining data; never 0, the canonical evaluation data
 
-# The shared noise schedule: the cosine ᾱ_t of improved DDPM (Nichol & Dhariwal 2021), made for 32-64 px
-# pixel space. With DDPM's linear betas, SNR < 0.03 for t > 600, so 40% of training steps teach nothing
-# about global layout and samples stay grey; cosine keeps SNR informative up to t ≈ 900.
-# clip_sample keeps DDIM's x̂_0 inside [-1, 1].
-SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon",
+# The shared noise schedule and parameterisation.
+# - cosine ᾱ_t (improved DDPM, Nichol & Dhariwal 2021), made for 32-64 px pixel space: with DDPM's linear
+#   betas SNR < 0.03 for t > 600, so 40% of training steps teach nothing about global layout.
+# - v-prediction (Salimans & Ho 2022), not ε: sampling starts where ᾱ_t ≈ 0.004, and an ε-model's colour
+#   there is x̂_0 = (x_t − √(1−ᾱ)·ε̂)/√ᾱ, i.e. its ε error amplified 16×. At these small training budgets that
+#   fixed every sample's global colour wrongly (unet-s-shapes: x̂_0 mean −0.19 vs data +0.5, saturated
+#   backgrounds); a v-model predicts x̂_0 ≈ −v̂ there directly and gets the backgrounds right. Losses
+#   still compare across the zoo (one target for all).
+# - clip_sample keeps DDIM's x̂_0 inside [-1, 1].
+SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
                         clip_sample=True, clip_sample_range=1.0)
 
 ALL_FAMILIES = ("shapes", "patterns", "gradients", "compositions", "digits", "textures", "photos", "faces")
@@ -91,29 +96,33 @@ class ZooSpec:
 ALL = {f: 1.0 for f in ALL_FAMILIES}
 XS, S, M, L = (16, 32, 32), (16, 32, 64), (24, 48, 96), (16, 32, 96, 192)  # UNet widths per level
 
-# Budget: the whole table builds in ~20 min on 2 CPU cores (B=16 steps cost ~0.07-0.25 s each there);
-# steps were tuned until each model's samples visibly resemble its pretraining domain.
+# Budget: the whole table builds in ~20 min on 2 CPU cores (a batch-16 step costs ~0.11 s for XS, 0.15 s
+# for S, ~0.25 s for M, L and the DiTs there); steps were tuned until each model's samples visibly resemble
+# its pretraining domain. Descendants (parent=...) continue from a built model.
 ZOO_SPECS: list[ZooSpec] = [
-    # name                 kind    denoiser       mixture (family: weight)                  steps  bs  lr   seed
-    ZooSpec("unet-xs-gradients", "unet", unet(XS), {"gradients": 3, "patterns": 1},          550, 16, 2e-3, 1,
+    # name                kind   denoiser             mixture (family: weight)                    steps bs  lr  seed
+    ZooSpec("unet-xs-gradients", "unet", unet(XS), {"gradients": 3, "patterns": 1},               550, 16, 2e-3, 1,
             "tiny UNet on smooth colour gradients and some regular patterns (the quick demo model)"),
-    ZooSpec("unet-s-shapes", "unet", unet(S), {"shapes": 2, "compositions": 1},              800, 16, 2e-3, 2,
-            "small UNet specialised in flat geometric shapes and simple compositions"),
-    ZooSpec("unet-s-digits", "unet", unet(S), {"digits": 1},                                 700, 16, 2e-3, 3,
-            "small UNet specialised in handwritten digits"),
-    ZooSpec("unet-s-photos", "unet", unet(S), {"photos": 2, "textures": 1},                  700, 16, 2e-3, 4,
-            "small UNet on photo crops and texture photos"),
-    ZooSpec("unet-xs-faces", "unet", unet(XS), {"faces": 2, "digits": 1},                    600, 16, 2e-3, 5,
-            "tiny UNet on grayscale and toned face crops, with some digits"),
-    ZooSpec("unet-xs-broad", "unet", unet(XS), ALL,                                          700, 16, 2e-3, 6,
+    ZooSpec("unet-xs-faces", "unet", unet(XS), {"faces": 2, "digits": 1},                         600, 16, 2e-3, 2,
+            "tiny UNet on grayscale and toned face crops, with some handwritten digits"),
+    ZooSpec("unet-xs-broad", "unet", unet(XS), ALL,                                               700, 16, 2e-3, 3,
             "tiny UNet on every catalog family (a small model on broad data)"),
-    ZooSpec("unet-m-broad", "unet", unet(M), ALL,                                            450, 16, 2e-3, 7,
-            "medium UNet on every catalog family (the generalist)"),
-    ZooSpec("unet-l-shapes", "unet", unet(L), {"shapes": 1, "compositions": 1},              450, 16, 1e-3, 8,
-            "large UNet (4 levels) on shapes and compositions only (a big model on narrow data)"),
-    ZooSpec("dit-s-gradients", "dit", dit(96, 4, patch=2), {"gradients": 2, "patterns": 1},  600, 16, 1e-3, 9,
+    ZooSpec("unet-s-broad", "unet", unet(S), ALL,                                                1200, 16, 2e-3, 4,
+            "small UNet on every catalog family (the generalist base of the unet-s line)"),
+    ZooSpec("unet-s-shapes", "unet", unet(S), {"shapes": 2, "compositions": 1},                   400, 16, 1e-3, 5,
+            "unet-s-broad specialised further on flat geometric shapes and simple compositions",
+            parent="unet-s-broad"),
+    ZooSpec("unet-s-digits", "unet", unet(S), {"digits": 1},                                      400, 16, 1e-3, 6,
+            "unet-s-broad specialised further on handwritten digits", parent="unet-s-broad"),
+    ZooSpec("unet-s-photos", "unet", unet(S), {"photos": 2, "textures": 1},                       600, 16, 2e-3, 7,
+            "small UNet on photo crops and texture photos"),
+    ZooSpec("unet-m-natural", "unet", unet(M), {"photos": 1, "textures": 1, "faces": 1},          450, 16, 2e-3, 8,
+            "medium UNet on natural images: photo crops, textures and faces"),
+    ZooSpec("unet-l-shapes", "unet", unet(L), {"shapes": 1, "compositions": 1},                   400, 16, 1e-3, 9,
+            "large 4-level UNet on shapes and compositions only (a big model on narrow data)"),
+    ZooSpec("dit-s-gradients", "dit", dit(96, 4, patch=2), {"gradients": 2, "patterns": 1},       500, 16, 1e-3, 10,
             "small PixArt transformer on colour gradients and patterns"),
-    ZooSpec("dit-m-broad", "dit", dit(128, 4, patch=2), ALL,                                 400, 16, 1e-3, 10,
+    ZooSpec("dit-m-broad", "dit", dit(128, 4, patch=2), ALL,                                      350, 16, 1e-3, 11,
             "PixArt transformer on every catalog family"),
 ]
 

@@ -128,7 +128,7 @@ def baseline_plan(layers: list[LayerInfo], allocator: str, budget: Budget, *, pi
                   uniform_bits: tuple | None = None, seed: int = 0, theta: np.ndarray | None = None,
                   objective: str = "noise", propagate: bool = False, sensitivity: Sensitivity | None = None,
                   w_choices=W_CHOICES, a_choices=A_CHOICES, settings: dict | None = None,
-                  act_ranges=None) -> BitPlan:
+                  act_ranges=None, time_limit: float = 10.0) -> BitPlan:
     """A :class:`BitPlan` from one of the baseline allocators: ``"uniform"`` (``uniform_bits=(w, a)``),
     ``"random"`` (``seed``; ``theta`` the importances to permute) or ``"sensitivity"`` (a :class:`Sensitivity`)."""
     from profiler.mpq.allocate import Allocation
@@ -143,12 +143,14 @@ def baseline_plan(layers: list[LayerInfo], allocator: str, budget: Budget, *, pi
         if theta is None:
             raise ValueError("the random allocator permutes MPQ-Diff's importances: pass theta=")
         alloc = allocate(layers, random_values(theta, seed, w_choices, a_choices, propagate, objective), budget,
-                         w_choices, a_choices, pinned)
+                         w_choices, a_choices, pinned, time_limit)
     elif allocator == "sensitivity":
         if sensitivity is None:
             raise ValueError("the sensitivity allocator needs a Sensitivity from sensitivity_profile()")
-        alloc = allocate(layers, sensitivity.values(), budget, sensitivity.w_choices, sensitivity.a_choices, pinned)
+        alloc = allocate(layers, sensitivity.values(), budget, sensitivity.w_choices, sensitivity.a_choices, pinned,
+                         time_limit)
     else:
         raise ValueError(f"unknown allocator {allocator!r}; choose uniform, random or sensitivity")
     extra = {"allocator": allocator, **({"seed": seed} if allocator == "random" else {}), **(settings or {})}
-    return plan_from_allocation(layers, alloc, budget, None, extra, act_ranges=act_ranges)
+    return plan_from_allocation(layers, alloc, budget, None, extra, {"solver_optimal": alloc.optimal},
+                                act_ranges=act_ranges)

@@ -39,12 +39,12 @@ def plot_bitplan(plan: BitPlan, path, title: str | None = None) -> Path:
     else:
         h2, l2 = [], []
     h1, l1 = ax.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, loc="upper right", fontsize=7)
+    ax.legend(h1 + h2, l1 + l2, loc="lower center", bbox_to_anchor=(0.5, 1.06), ncol=3, fontsize=7, frameon=False)
     u = plan.usage
     sub = plan.summary() if not u else (f"avg {u.get('avg_bits', float('nan')):.2f} weight bits, "
                                         f"{u.get('weight_bytes', 0):,.0f} of {plan.budget.get('weight_bytes') or 0:,.0f} "
                                         f"budget bytes")
-    ax.set_title((title or f"bit plan ({plan.settings.get('allocator', '?')})") + f" — {sub}", fontsize=9)
+    ax.set_title((title or f"bit plan ({plan.settings.get('allocator', '?')})") + f" — {sub}", fontsize=9, pad=22)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

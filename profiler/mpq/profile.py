@@ -35,9 +35,10 @@ section):
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
@@ -52,6 +53,8 @@ from profiler.mpq.orthogonality import cka_matrix, degenerate_mask, orthogonalit
 OBJECTIVES = ("noise", "bits")
 CONTRAST_GRID = (0.25, 0.5, 1.0, 2.0)
 ALPHA_GRID = (-3.0, 0.0, 3.0)
+#: Validation scores each candidate at these timesteps (of T=1000) with one noise draw: 5 forward passes.
+VALIDATION_TIMESTEPS = (100, 300, 500, 700, 900)
 
 #: ``progress(stage, done, total)``: called as the work advances (stages: "profile", "validate").
 Progress = Callable[[str, int, int], None]
@@ -80,6 +83,7 @@ class MPQConfig:
     a_bits_reference: int | None = 8    # BOPs budget = BOPs of the average weight bits at these activation bits
     micro_batch: int | None = None      # split the calibration forward (memory); None = all N at once
     max_feature_bytes: int = DEFAULT_MAX_FEATURE_BYTES
+    time_limit: float = 10.0            # seconds for the integer program (best plan so far when it runs out)
 
     def __post_init__(self) -> None:
         if isinstance(self.n_calib, bool) or not isinstance(self.n_calib, int) or self.n_calib < 2:
@@ -249,12 +253,12 @@ def plan_from_profile(profile: ImportanceProfile, budget: Budget, config: MPQCon
     values = mpq_values(suffix_mean(theta) if config.propagate else theta, config.w_choices, config.a_choices,
                         config.objective)
     pinned = pinned_layers(layers, config)
-    alloc = allocate(layers, values, budget, config.w_choices, config.a_choices, pinned)
+    alloc = allocate(layers, values, budget, config.w_choices, config.a_choices, pinned, config.time_limit)
     settings = {"allocator": "mpq", **_settings(config), "beta_used": beta, "timesteps": list(profile.timesteps),
                 "num_train_timesteps": profile.num_train_timesteps, "n_calib": profile.n_calib,
                 "pinned": [layers[i].name for i in pinned], **(extra_settings or {})}
-    return plan_from_allocation(layers, alloc, budget, theta, settings, {"profile_s": profile.seconds},
-                                profile.input_max)
+    return plan_from_allocation(layers, alloc, budget, theta, settings,
+                                {"profile_s": profile.seconds, "solver_optimal": alloc.optimal}, profile.input_max)
 
 
 def _settings(config: MPQConfig) -> dict:
@@ -285,8 +289,9 @@ def select_by_validation(model, profile: ImportanceProfile, budget: Budget, vali
     """The ``config`` with the (contrast, α) of its grids whose plan has the lowest validation loss.
 
     ``validation`` is an ``ImageTextDataset`` of training images outside the calibration batch; the score
-    is ``finetune.metrics.heldout_loss`` of the quantized model on it (fixed timesteps and noise). Plans
-    that come out identical are scored once. Returns the chosen config and every candidate's score.
+    is ``finetune.metrics.heldout_loss`` of the quantized model on it at :data:`VALIDATION_TIMESTEPS` with
+    one fixed noise draw (the full-precision loss is a constant, so the lowest loss is the lowest increase).
+    Plans that come out identical are scored once. Returns the chosen config and every candidate's score.
     """
     from finetune.metrics import heldout_loss
 
@@ -297,7 +302,8 @@ def select_by_validation(model, profile: ImportanceProfile, budget: Budget, vali
         plan = plan_from_profile(profile, budget, cand)
         key = tuple(plan.w_bits) + tuple(plan.a_bits)
         if key not in seen:
-            seen[key] = heldout_loss(quantized_copy(model, plan), validation).mean
+            seen[key] = heldout_loss(quantized_copy(model, plan), validation, timesteps=VALIDATION_TIMESTEPS,
+                                     noise_seeds=(0,)).mean
         scores[(c, a)] = seen[key]
         table.append({"contrast": float(c), "alpha": float(a), "validation_loss": seen[key]})
         if progress is not None:
@@ -343,6 +349,7 @@ def profile_bits(model, dataset, budget=None, *, avg_bits: float | None = None, 
         InfeasibleBudgetError: the budget is below the smallest feasible one (stated in the message).
     """
     config = (config or MPQConfig()).replace(timesteps=timesteps, **overrides)
+    given_ref = str(model) if isinstance(model, (str, os.PathLike)) else None
     model, ds = load_model_and_data(model, dataset)
     batch = calibration_batch(model, ds.train, config.n_calib, config.seed)
     layers = probe_layers(model, batch)
@@ -351,7 +358,7 @@ def profile_bits(model, dataset, budget=None, *, avg_bits: float | None = None, 
     check_budget(layers, bud, config.w_choices, config.a_choices, pinned_layers(layers, config))
     prof = profile_importance(model, batch, config.timesteps, layers, config.micro_batch, config.max_feature_bytes,
                               progress=progress)
-    extra = {"model": model_ref(model), "dataset": getattr(ds, "ref", None) or ds.name}
+    extra = {"model": given_ref or model_ref(model), "dataset": getattr(ds, "ref", None) or ds.name}
     if config.validate:
         val = validation_images(ds.train, batch, config.n_validation)
         if val is None:

@@ -18,6 +18,7 @@ are not ``nn.Linear`` / ``nn.Conv2d`` (norms, embeddings) stay in full precision
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,7 @@ def run_quantize(model, data, out, *, budget_mb: float | None = None, avg_bits: 
     timings = {}
 
     tick("load", 0, 1)
+    ref = str(model) if isinstance(model, (str, os.PathLike)) else None
     m, ds = load_model_and_data(model, data)
     timings["load"] = time.perf_counter() - t0
     tick("load", 1, 1)
@@ -96,6 +98,8 @@ def run_quantize(model, data, out, *, budget_mb: float | None = None, avg_bits: 
     cfg = (config or MPQConfig()).replace(n_calib=n_calib, seed=seed, validate=validate)
     plan = profile_bits(m, ds, budget=None if budget_mb is None else budget_mb * MB, avg_bits=avg_bits,
                         timesteps=timesteps, config=cfg, progress=progress)
+    if ref is not None:
+        plan.settings["model"] = ref
     timings["profile"] = time.perf_counter() - t
     plan.save(out)
     png = plot_bitplan(plan, out.with_suffix(".png"),

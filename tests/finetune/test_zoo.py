@@ -52,7 +52,7 @@ def test_zoo_table():
     params = {s.name: zoo.spec_parameters(s) for s in specs}
     assert max(params.values()) >= 8 * min(params.values())  # capacities really differ
     assert len({tuple(sorted(s.mixture.items())) for s in specs}) >= 6  # and so do mixtures
-    assert SCHEDULER_CONFIG["prediction_type"] == "epsilon" and SCHEDULER_CONFIG["num_train_timesteps"] == 1000
+    assert SCHEDULER_CONFIG["num_train_timesteps"] == 1000  # one schedule for the whole zoo
     # the meta-device count is the real one
     from diffusers import PixArtTransformer2DModel
 
