@@ -101,7 +101,7 @@ XS, S, M, L = (16, 32, 32), (16, 32, 64), (24, 48, 96), (16, 32, 96, 192)  # UNe
 # its pretraining domain. Descendants (parent=...) continue from a built model.
 ZOO_SPECS: list[ZooSpec] = [
     # name                kind   denoiser             mixture (family: weight)                    steps bs  lr  seed
-    ZooSpec("unet-xs-gradients", "unet", unet(XS), {"gradients": 3, "patterns": 1},               550, 16, 2e-3, 1,
+    ZooSpec("unet-xs-gradients", "unet", unet(XS), {"gradients": 3, "patterns": 1},               500, 16, 2e-3, 1,
             "tiny UNet on smooth colour gradients and some regular patterns (the quick demo model)"),
     ZooSpec("unet-xs-faces", "unet", unet(XS), {"faces": 2, "digits": 1},                         600, 16, 2e-3, 2,
             "tiny UNet on grayscale and toned face crops, with some handwritten digits"),
