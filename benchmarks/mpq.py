@@ -195,7 +195,8 @@ def run_model(name: str, args) -> dict:
                             act_ranges=prof.input_max)
         row["uniform"] = evaluate(model, uni, ds.heldout, base, prompts, ref, args.sample_steps)
         draws = [evaluate(model, baseline_plan(layers, "random", budget, pinned=pinned, seed=s, theta=theta,
-                                               act_ranges=prof.input_max, time_limit=args.time_limit),
+                                               propagate=best.propagate, act_ranges=prof.input_max,
+                                               time_limit=args.time_limit),
                           ds.heldout, base, prompts, ref, args.sample_steps) for s in range(args.random_draws)]
         row["random"] = {k: float(np.mean([d[k] for d in draws])) for k in draws[0]}
         row["random"]["draws"] = [{k: d[k] for k in ("loss_increase", "sample_mse")} for d in draws]

@@ -11,8 +11,8 @@ noise ``ε ~ N(0, I)`` and ``t ~ U{0, …, T−1}``:
     x_t = \\sqrt{\\bar\\alpha_t}\\, x_0 + \\sqrt{1-\\bar\\alpha_t}\\, ε, \\qquad
     \\mathcal{L} = \\lVert \\text{target} - f_θ(x_t, t, c) \\rVert^2,
 
-where the target is ``ε`` (``prediction_type="epsilon"``), ``v = \\sqrt{\\bar\\alpha_t}\\,ε - \\sqrt{1-\\bar\\alpha_t}\\,x_0``
-(``"v_prediction"``) or ``x_0`` (``"sample"``).
+where the target is ``ε`` (``prediction_type="epsilon"``),
+``v = \\sqrt{\\bar\\alpha_t}\\,ε - \\sqrt{1-\\bar\\alpha_t}\\,x_0`` (``"v_prediction"``) or ``x_0`` (``"sample"``).
 
 Shapes: pixels ``[B, 3, H, W]`` in ``[-1, 1]``; ``x_0`` ``[B, C, h, w]`` (``C=4, h=H/8`` for SD latents,
 ``C=3, h=H`` for pixel models); prompt embeddings ``[B, L, D]`` (CLIP: ``L=77``; zoo MiniLM: ``L=24, D=384``).

@@ -126,8 +126,8 @@ def _catalog_pairs(dataset: str, n: int):
 
 
 def pretraining_data(spec: ZooSpec, model):
-    """``(EncodedData, datasets, captions)`` for ``spec``'s mixture: every catalog dataset of each mixture family,
-    with per-example weights ``w_family / (Σw · n_family)``."""
+    """``(EncodedData, datasets, captions)`` for ``spec``'s mixture: every catalog dataset of each mixture
+    family, with per-example weights ``w_family / (Σw · n_family)``."""
     import torch
 
     from data.catalog import list_catalog
@@ -282,7 +282,8 @@ def _card_meta(spec: ZooSpec, model, config, result, datasets: list[str], n_imag
     total = sum(spec.mixture.values())
     mixture = {k: round(v / total, 4) for k, v in spec.mixture.items()}
     tail = result.losses[-50:]
-    lineage = lineage + [{"model": spec.name, "mixture": mixture, "steps": config.steps}]
+    # dict(mixture): a copy, so the YAML card spells it out instead of using an &anchor
+    lineage = lineage + [{"model": spec.name, "mixture": dict(mixture), "steps": config.steps}]
     return {
         "library_name": "diffusers",
         "pipeline_tag": "text-to-image",

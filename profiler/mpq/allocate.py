@@ -209,7 +209,7 @@ def allocate(layers: list[LayerInfo], values: np.ndarray, budget: Budget, w_choi
     vals = values.reshape(L, C)
     # Dropping dominated choices loses no optimum and removes exact ties (W8A4 vs W4A8 under the noise
     # objective), which otherwise make branch-and-bound crawl through equivalent solutions.
-    allowed &= ~_dominated(vals, mem, bops)
+    allowed &= ~_dominated(vals, mem, bops, allowed)
 
     # Rows are scaled to O(1) so HiGHS' absolute tolerances act as relative ones, with a hair of slack so a
     # tolerance-level violation cannot push the exact costs over the budget (retried without it for a
@@ -245,12 +245,12 @@ def allocate(layers: list[LayerInfo], values: np.ndarray, budget: Budget, w_choi
                       str(res.message), optimal=res.status == 0)
 
 
-def _dominated(vals: np.ndarray, mem: np.ndarray, bops: np.ndarray) -> np.ndarray:
-    """``[L, C]``: choice ``c`` of layer ``i`` is dominated when another choice is no worse in value, memory and
-    BOPs and better in one (of exact ties, all but the first are marked)."""
+def _dominated(vals: np.ndarray, mem: np.ndarray, bops: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """``[L, C]``: choice ``c`` of layer ``i`` is dominated when another *allowed* choice is no worse in value,
+    memory and BOPs and better in one (of exact ties, all but the first are marked)."""
     v, m, b = vals[:, :, None], mem[:, :, None], bops[:, :, None]        # c along axis 1, c' along axis 2
     v2, m2, b2 = vals[:, None, :], mem[:, None, :], bops[:, None, :]
-    no_worse = (v2 >= v) & (m2 <= m) & (b2 <= b)
+    no_worse = (v2 >= v) & (m2 <= m) & (b2 <= b) & allowed[:, None, :]
     better = (v2 > v) | (m2 < m) | (b2 < b)
     C = vals.shape[1]
     earlier = np.tril(np.ones((C, C), dtype=bool), -1)[None]              # [c, c'] true when c' < c

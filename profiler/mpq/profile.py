@@ -9,23 +9,30 @@
 4. the integer program of :mod:`profiler.mpq.allocate` over (weight, activation) bit pairs, maximising
    importance-weighted precision (:func:`mpq_values`) under the memory and bit-operations budgets.
 
-Choices where the paper is silent, measured with ``benchmarks/mpq.py`` on the zoo (numbers in its README
-section):
+Choices where the paper is silent, measured on ``zoo:unet-xs-gradients`` (96 layers) and
+``zoo:dit-s-gradients`` (47 layers) with ``builtin:gradients_linear`` (held-out denoising-loss increase
+over full precision at 3 / 4 average weight bits, equal memory and BOPs; ``benchmarks/mpq.py``):
 
 * **Value of a choice** (``objective``). OMPQ's literal objective, importance-weighted bits
-  ``θ̄_i·(w/8 + a/16)``, is linear in the bits, so the program puts every layer at an extreme (2 or 8
-  bits) and the big layers at 2: on ``zoo:unet-xs-gradients`` at 3 average bits it lost to uniform W3A8
-  (held-out loss increase 0.054 against 0.045). The default ``"noise"`` weighs the relative noise power
-  of a ``b``-bit quantizer instead, ``v = −θ_i·(D(w) + D(a))``, ``D(b) = 1/(2^(b−1)−1)²`` — a
-  rate–distortion view of "importance-weighted bits" that makes the allocation spread (0.007 there).
-* **Propagation**: OMPQ's ``θ̄_i`` (mean of ``θ`` over layer ``i`` and those after it) made plans worse
-  on the zoo UNet at every ``β > 0.03``; off by default (``propagate=True`` restores it).
+  ``θ̄_i·(w/8 + a/16)``, is linear in the bits, so the program sends every layer to an extreme (2 or 8
+  bits) and the big layers to 2: 0.083 / 0.064 (UNet) and 0.101 / 0.074 (DiT), *worse* than uniform W3A8 /
+  W4A8 (0.079 / 0.030 and 0.034 / 0.0069). The default ``"noise"`` weighs the relative noise power of a
+  ``b``-bit quantizer instead, ``v = −θ̄_i·(D(w) + D(a))``, ``D(b) = 1/(2^(b−1)−1)²`` — a rate–distortion
+  reading of "importance-weighted bits" that spreads the bits: 0.019 / 0.008 and 0.024 / 0.004.
+* **Propagation** (OMPQ's ``θ̄_i``, the mean of ``θ`` over layer ``i`` and the layers after it): on by
+  default; it helped the DiT (0.024 / 0.0038 against 0.026 / 0.0071 with ``θ_i`` alone) and left the
+  UNet unchanged (0.019 / 0.008 both).
 * **β** is set by a scale-free contrast ``c`` (``β = c / std_i γ̄_i``, see
-  :func:`~profiler.mpq.importance.beta_for_contrast`); an absolute ``beta`` overrides it.
-* **β and α by validation** (``validate=True``): each (contrast, α) of a small grid is turned into a plan,
-  applied, and scored by the denoising-loss increase on training images held out of the calibration
-  batch (never the dataset's held-out split); the best is kept. Without it: ``contrast=1, α=0``.
-* ``N = 32`` calibration images (OMPQ's batch size); ``K = 10`` timesteps.
+  :func:`~profiler.mpq.importance.beta_for_contrast`; an absolute ``beta`` overrides it): one absolute β
+  means different things for 47 and 96 layers. ``c = 0`` (no orthogonality signal, only the size- and
+  MAC-aware noise objective) gave 0.020 / 0.008 (UNet) and 0.041 / 0.0056 (DiT): the signal matters on
+  the DiT, hardly on the UNet.
+* **β and α by validation** (``validate=True``): each (contrast, α) of a 4×3 grid becomes a plan, which
+  is applied and scored by the denoising loss on training images outside the calibration batch (never
+  the dataset's held-out split); the best is kept (α = −3, 0 and 3 were each chosen somewhere). It costs
+  ~12 quantized evaluations (25–75 s on the zoo, shared CPU). Without it: ``contrast=1, α=0``.
+* ``N = 32`` calibration images (OMPQ's batch size). ``K = 10`` timesteps: the importance ranking of K=10
+  has Spearman 0.999–1.000 with that of all 1000 steps, at 1–1.4% of the time (K=3: 0.99).
 * **Pinned layers**: the first layer (it reads ``x_t``) and the last (it writes the prediction) stay at
   W8A8, as is common (Q-Diffusion, PTQ4DM): they are tiny, and their error reaches the output
   unfiltered. They count in the budget like any layer.
@@ -73,7 +80,7 @@ class MPQConfig:
     contrast_grid: tuple = CONTRAST_GRID
     alpha_grid: tuple = ALPHA_GRID
     n_validation: int = 32              # training images (outside the calibration batch) for validation
-    propagate: bool = False             # OMPQ's θ̄ (mean over the layer and those after it) instead of θ
+    propagate: bool = True              # OMPQ's θ̄ (mean of θ over the layer and those after it) as the weight
     objective: str = "noise"            # "noise" or OMPQ's literal "bits" (see mpq_values)
     seed: int = 0                       # calibration images and noise
     w_choices: tuple = W_CHOICES

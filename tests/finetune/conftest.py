@@ -14,7 +14,7 @@ import torch
 
 def _byte_unicode_chars() -> list[str]:
     """GPT-2/CLIP's byte→unicode table: the 256 symbols a byte-level BPE vocabulary starts from."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     cs, n = bs[:], 0
     for b in range(256):
         if b not in bs:

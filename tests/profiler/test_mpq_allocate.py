@@ -131,6 +131,14 @@ def test_budget_validation_and_storage_models(layers):
     assert plan_bops(layers, [4] * len(layers), [8] * len(layers)) == pytest.approx(b.bops)
 
 
+def test_pinned_choice_survives_when_another_choice_dominates_it():
+    """Under the "bits" objective W4A16 is as good as W8A8 and cheaper; a layer pinned at W8A8 keeps it."""
+    layers = make_layers(6, seed=2)
+    vals = mpq_values(np.ones(len(layers)), objective="bits")
+    al = allocate(layers, vals, Budget.from_avg_bits(layers, 3.5), pinned={0: (8, 8), 5: (8, 8)})
+    assert (al.w_bits[0], al.a_bits[0]) == (8, 8) == (al.w_bits[5], al.a_bits[5])
+
+
 def test_noise_values_prefer_more_bits():
     v = mpq_values(np.array([1.0]))[0]
     assert (np.diff(v, axis=0) > 0).all() and (np.diff(v, axis=1) > 0).all()
