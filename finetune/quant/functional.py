@@ -93,70 +93,112 @@ class QuantMatmulFunction(torch.autograd.Function):
     Inputs: ``x`` (Linear ``[..., I]``; Conv2d ``[B, C, H, W]``), ``qweight`` packed uint8 codes,
     ``zero_point`` ``[O]`` uint8, ``s_out`` ``[O]``, ``delta_s_out`` ``[O]``, ``s_in`` ``[C]`` or ``None``,
     ``bias`` ``[O]`` or ``None``, ``layout`` (:class:`WeightLayout`), ``conv`` (:class:`ConvArgs`, or
-    ``None`` for a Linear). Gradients flow to ``x``, ``delta_s_out``, ``s_in`` and ``bias``.
+    ``None`` for a Linear), ``sets``. Gradients flow to ``x``, ``delta_s_out``, ``s_in`` and ``bias``.
+
+    With ``sets`` a LongTensor ``[B]`` (TuneQDM's timestep scale sets, one per sample), ``delta_s_out`` is
+    ``[N, O]`` and ``s_in`` ``[N, C]``: sample ``b`` uses row ``sets[b]``. The batch is split by set only
+    transiently (inside forward and inside backward); what is saved for backward is the one input ``x``, so
+    a batch with mixed timestep intervals keeps no more activations than a single-set batch.
     """
 
     @staticmethod
-    def forward(ctx, x, qweight, zero_point, s_out, delta_s_out, s_in, bias, layout, conv):
-        scale = s_out + delta_s_out
-        w = dequantize(qweight, zero_point, scale, s_in, layout).to(x.dtype)
+    def forward(ctx, x, qweight, zero_point, s_out, delta_s_out, s_in, bias, layout, conv, sets=None):
         b = None if bias is None else bias.to(x.dtype)
-        if conv is None:
-            y = F.linear(x, w, b)
-        else:
-            y = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
-        del w  # the transient Ŵ dies here; backward rebuilds it from the codes
-        ctx.save_for_backward(x, qweight, zero_point, s_out, delta_s_out, s_in)
+        y = None
+        for k, idx in _groups(sets):
+            scale = s_out + (delta_s_out if idx is None else delta_s_out[k])
+            sin = s_in if (idx is None or s_in is None) else s_in[k]
+            w = dequantize(qweight, zero_point, scale, sin, layout).to(x.dtype)
+            xk = x if idx is None else x.index_select(0, idx)
+            yk = F.linear(xk, w, b) if conv is None else F.conv2d(
+                xk, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
+            del w, xk  # the transient Ŵ (and the group's input copy) die here; backward rebuilds them
+            if idx is None:
+                y = yk
+            else:
+                if y is None:
+                    y = yk.new_empty((x.shape[0],) + yk.shape[1:])
+                y.index_copy_(0, idx, yk)
+        ctx.save_for_backward(x, qweight, zero_point, s_out, delta_s_out, s_in, sets)
         ctx.layout, ctx.conv = layout, conv
         ctx.bias_dtype = None if bias is None else bias.dtype
         return y
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, qweight, zero_point, s_out, delta_s_out, s_in = ctx.saved_tensors
+        x, qweight, zero_point, s_out, delta_s_out, s_in, sets = ctx.saved_tensors
         layout, conv = ctx.layout, ctx.conv
         need_x, need_ds, need_sin, need_b = (ctx.needs_input_grad[i] for i in (0, 4, 5, 6))
-        need_g = need_ds or need_sin
-        scale = s_out + delta_s_out
-        o, c = layout.out_channels, layout.in_channels
-        grad_x = grad_w = grad_b = d_scale = d_sin = None
-
-        if conv is None:
-            g2 = grad_out.reshape(-1, o)
+        grad_x = torch.empty_like(x) if (need_x and sets is not None) else None
+        d_scale = torch.zeros_like(delta_s_out) if (need_ds and sets is not None) else None
+        d_sin = torch.zeros_like(s_in) if (need_sin and sets is not None) else None
+        for k, idx in _groups(sets):
+            scale = s_out + (delta_s_out if idx is None else delta_s_out[k])
+            sin = s_in if (idx is None or s_in is None) else s_in[k]
+            xk = x if idx is None else x.index_select(0, idx)
+            gk = grad_out if idx is None else grad_out.index_select(0, idx)
+            gx, ds, dsin = _backward_one(gk, xk, qweight, zero_point, scale, sin, layout, conv,
+                                         need_x, need_ds, need_sin)
+            if idx is None:
+                grad_x, d_scale, d_sin = gx, ds, dsin
+                continue
             if need_x:
-                w = dequantize(qweight, zero_point, scale, s_in, layout).to(grad_out.dtype)
-                grad_x = (g2 @ w).view(x.shape)
-                del w
-            if need_g:
-                grad_w = g2.t() @ x.reshape(-1, c)  # [O, I]
-            if need_b:
-                grad_b = g2.sum(0)
-        else:
-            if need_x:
-                w = dequantize(qweight, zero_point, scale, s_in, layout).to(grad_out.dtype)
-            else:  # the kernel reads only the weight's shape when grad_input is not asked for
-                w = x.new_empty(1).expand(layout.shape)
-            grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-                grad_out, x, w, [o] if need_b else None, conv.stride, conv.padding, conv.dilation,
-                False, [0, 0], conv.groups, [need_x, need_g, need_b])
-            del w
-
-        if need_g:
-            # M[o, c] = Σ_k G[o, c, k] · D[o, c, k]; both scale gradients are contractions of M.
-            gd = grad_w.to(scale.dtype).reshape(o, c, -1)
-            gd *= centered_codes(qweight, zero_point, layout, scale.dtype)
-            m = gd.sum(-1)
-            del gd, grad_w
+                grad_x.index_copy_(0, idx, gx)
             if need_ds:
-                d_scale = m @ s_in.to(m.dtype) if s_in is not None else m.sum(1)
+                d_scale[k] += ds
             if need_sin:
-                d_sin = (scale.to(m.dtype) @ m).to(s_in.dtype)
-        if grad_b is not None:
+                d_sin[k] += dsin
+        grad_b = None
+        if need_b:
+            grad_b = grad_out.reshape(-1, layout.out_channels).sum(0) if conv is None else grad_out.sum((0, 2, 3))
             grad_b = grad_b.to(ctx.bias_dtype)
-        return grad_x, None, None, None, d_scale, d_sin, grad_b, None, None
+        return grad_x, None, None, None, d_scale, d_sin, grad_b, None, None, None
+
+
+def _groups(sets):
+    """``[(set, sample indices)]`` of a per-sample set tensor; ``[(0, None)]`` (the whole batch) for ``None``."""
+    if sets is None:
+        return [(0, None)]
+    return [(k, torch.nonzero(sets == k).squeeze(1)) for k in sets.unique().tolist()]
+
+
+def _backward_one(grad_out, x, qweight, zero_point, scale, s_in, layout: WeightLayout, conv,
+                  need_x: bool, need_ds: bool, need_sin: bool):
+    """Gradients of one scale set's samples: ``(∂L/∂x, ∂L/∂Δs_out, ∂L/∂s_in)`` (``None`` where not needed)."""
+    o, c = layout.out_channels, layout.in_channels
+    need_g = need_ds or need_sin
+    grad_x = grad_w = d_scale = d_sin = None
+    if conv is None:
+        g2 = grad_out.reshape(-1, o)
+        if need_x:
+            w = dequantize(qweight, zero_point, scale, s_in, layout).to(grad_out.dtype)
+            grad_x = (g2 @ w).view(x.shape)
+            del w
+        if need_g:
+            grad_w = g2.t() @ x.reshape(-1, c)  # [O, I]
+    else:
+        if need_x:
+            w = dequantize(qweight, zero_point, scale, s_in, layout).to(grad_out.dtype)
+        else:  # the kernel reads only the weight's shape when grad_input is not asked for
+            w = x.new_empty(1).expand(layout.shape)
+        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+            grad_out, x, w, None, conv.stride, conv.padding, conv.dilation,
+            False, [0, 0], conv.groups, [need_x, need_g, False])
+        del w
+    if need_g:
+        # M[o, c] = Σ_k G[o, c, k] · D[o, c, k]; both scale gradients are contractions of M.
+        gd = grad_w.to(scale.dtype).reshape(o, c, -1)
+        gd *= centered_codes(qweight, zero_point, layout, scale.dtype)
+        m = gd.sum(-1)
+        del gd, grad_w
+        if need_ds:
+            d_scale = m @ s_in.to(m.dtype) if s_in is not None else m.sum(1)
+        if need_sin:
+            d_sin = (scale.to(m.dtype) @ m).to(s_in.dtype)
+    return grad_x, d_scale, d_sin
 
 
 def quant_matmul(x, qweight, zero_point, s_out, delta_s_out, s_in, bias, layout: WeightLayout,
-                 conv: ConvArgs | None = None) -> torch.Tensor:
-    """Functional entry point of :class:`QuantMatmulFunction`."""
-    return QuantMatmulFunction.apply(x, qweight, zero_point, s_out, delta_s_out, s_in, bias, layout, conv)
+                 conv: ConvArgs | None = None, sets: torch.Tensor | None = None) -> torch.Tensor:
+    """Functional entry point of :class:`QuantMatmulFunction` (``sets``: per-sample scale-set indices ``[B]``)."""
+    return QuantMatmulFunction.apply(x, qweight, zero_point, s_out, delta_s_out, s_in, bias, layout, conv, sets)

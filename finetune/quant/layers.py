@@ -21,7 +21,7 @@ computed on the fly by :class:`~finetune.quant.functional.QuantMatmulFunction` (
 
 With ``N > 1`` the active set comes from the timestep (see :mod:`finetune.quant.timestep`): one set for
 the whole batch, or one per sample when the timesteps of a batch fall in different intervals (the batch
-is split by set, each part runs with its own scales, and the outputs are put back in order).
+is split by set inside one autograd node, which saves only the one input for backward).
 """
 from __future__ import annotations
 
@@ -120,17 +120,19 @@ class QuantLayer(nn.Module):
         groups = sets.unique()
         if groups.numel() == 1:
             return self._matmul(x, int(groups))
-        # Mixed intervals: run each set on its samples, then restore the batch order.
-        idx = [torch.nonzero(sets == k).squeeze(1) for k in groups.tolist()]
-        ys = [self._matmul(x.index_select(0, i), k) for i, k in zip(idx, groups.tolist())]
-        order = torch.cat(idx)
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=order.device)
-        return torch.cat(ys).index_select(0, inverse)
+        # Mixed intervals: one autograd node runs each set on its samples (see QuantMatmulFunction).
+        return self._matmul(x, sets)
 
-    def _scales(self, k: int):
+    def _scales(self, k):
+        """Scales of set ``k``; for a per-sample set tensor ``k``, all sets (``[N, O]``, ``[N, C]``)."""
+        if isinstance(k, torch.Tensor):
+            return self.delta_s_out, self.s_in
         s_in = None if self.s_in is None else self.s_in[k]
         return self.delta_s_out[k], s_in
+
+    @staticmethod
+    def _sets(k):
+        return k if isinstance(k, torch.Tensor) else None
 
     # -- inspection -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -197,7 +199,8 @@ class QuantLinear(QuantLayer):
 
     def _matmul(self, x, k):
         d, s_in = self._scales(k)
-        return quant_matmul(x, self.qweight, self.zero_point, self.s_out, d, s_in, self.bias, self.layout)
+        return quant_matmul(x, self.qweight, self.zero_point, self.s_out, d, s_in, self.bias, self.layout,
+                            sets=self._sets(k))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, " + super().extra_repr()
@@ -247,7 +250,8 @@ class QuantConv2d(QuantLayer):
         if self.pre_pad is not None:
             x = F.pad(x, self.pre_pad, mode=self.pad_mode)
         d, s_in = self._scales(k)
-        return quant_matmul(x, self.qweight, self.zero_point, self.s_out, d, s_in, self.bias, self.layout, self.conv)
+        return quant_matmul(x, self.qweight, self.zero_point, self.s_out, d, s_in, self.bias, self.layout, self.conv,
+                            sets=self._sets(k))
 
     def config(self) -> dict:
         cfg = super().config()
