@@ -237,6 +237,179 @@ def finetune_cmd(
     out.print(t)
 
 
+# ------------------------------------------------------------------------------------------- quantize
+@app.command("quantize")
+def quantize_cmd(
+    model: str = typer.Option(..., "--model", help="Model reference: folder, zoo:NAME or Hub id."),
+    data: str = typer.Option(..., "--data", help="Calibration dataset: builtin:NAME or an imagefolder path."),
+    out_path: Path = typer.Option(..., "--out", help="Bit plan JSON to write; the plot (.png) and the quantized "
+                                                      "layers (.safetensors) go beside it."),
+    budget_mb: Optional[float] = typer.Option(None, "--budget-mb", help="Weight-memory budget in MB (10^6 bytes) "
+                                              "of the quantized layers as stored (codes + per-channel scales)."),
+    avg_bits: Optional[float] = typer.Option(None, "--avg-bits", help="Budget as average weight bits (densely "
+                                             "packed size), e.g. 4."),
+    timesteps: int = typer.Option(10, "--timesteps", help="K timesteps sampled uniformly for the profile."),
+    n_calib: int = typer.Option(32, "--n-calib", help="Calibration images N."),
+    validate: bool = typer.Option(False, help="Pick β and α by validation loss on other training images (slower)."),
+    seed: int = typer.Option(0, help="Calibration images and noise."),
+    save_weights: bool = typer.Option(True, help="Also write the quantized layers (.safetensors)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Profile layer orthogonality (MPQ-Diff) and allocate per-layer weight/activation bits under a budget."""
+    from data import DatasetError
+    from finetune.refs import ModelRefError
+    from profiler.mpq.run import run_quantize
+
+    if (budget_mb is None) == (avg_bits is None):
+        _fail("give exactly one budget: --budget-mb X or --avg-bits B")
+    stages = {"load": "load model and data", "profile": f"profile {timesteps} timesteps",
+              "validate": "validate β, α", "quantize": "quantize and save"}
+    try:
+        with _progress() as prog:
+            tasks: dict = {}
+
+            def progress(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = prog.add_task(stages.get(stage, stage), total=total)
+                prog.update(tasks[stage], completed=done, total=total)
+
+            res = run_quantize(model, data, out_path, budget_mb=budget_mb, avg_bits=avg_bits, timesteps=timesteps,
+                               n_calib=n_calib, validate=validate, seed=seed, save_weights=save_weights,
+                               progress=progress)
+    except (ValueError, DatasetError, ModelRefError, FileNotFoundError, IsADirectoryError) as e:
+        _fail(str(e))  # InfeasibleBudgetError (a ValueError) states the smallest feasible budget
+    if as_json:
+        print(json.dumps(res.to_dict(), indent=2))
+        return
+    for line in res.lines():
+        out.print(line, highlight=False, soft_wrap=True)
+
+
+# ------------------------------------------------------------------------------------------ recommend
+@app.command("recommend")
+def recommend_cmd(
+    dataset: str = typer.Argument(..., help="Dataset reference: builtin:NAME or an imagefolder path."),
+    graph: Optional[Path] = typer.Option(None, "--graph", help="Matching-graph store: an SQLite file or a JSON "
+                                         "export (default: $MANDC_HOME/graph.sqlite, seeded from the shipped reference)."),
+    top_k: int = typer.Option(3, "--top-k", min=1, help="How many models to show."),
+    probe: bool = typer.Option(False, "--probe", help="Also score each locally available model's zero-shot loss on "
+                               "the dataset (forward passes only) and predict with it."),
+    as_json: bool = typer.Option(False, "--json", help="Print the Recommendation as JSON (every candidate)."),
+) -> None:
+    """Rank the candidate models for a dataset with the M&C matching graph (higher score is better)."""
+    from mandc.planner import Planner, recommendation_table
+    from mandc.store import StoreError
+
+    try:
+        with console.status(f"ranking models for {dataset}"):
+            rec = Planner(graph).recommend(dataset, top_k=top_k, probe=probe)
+    except (StoreError, ValueError, KeyError) as e:  # data.DatasetError is a ValueError (importing data costs torch)
+        _fail(str(e))
+    if as_json:
+        print(json.dumps(rec.to_json(), indent=2))
+        return
+    out.print(recommendation_table(rec))
+    for note in rec.notes:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+
+
+# ------------------------------------------------------------------------------------------- evaluate
+@app.command("evaluate")
+def evaluate_cmd(
+    seeds: int = typer.Option(5, "--seeds", min=1, help="Selector seeds (GNN init, LightGBM bagging); metrics are averaged."),
+    graph: Optional[Path] = typer.Option(None, "--graph", help="MatchingGraph JSON, store export or SQLite store "
+                                         "(default: the shipped reference)."),
+    selectors: Optional[str] = typer.Option(None, "--selectors", help="Comma-separated subset (default: M&C, every "
+                                            "baseline and ablation)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Parallel processes (default: one per core)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the benchmark JSON instead of the table."),
+) -> None:
+    """Leave-one-dataset-out evaluation of M&C against baselines and ablations (top-1, top-3, rel@1, regret, τ)."""
+    from mandc.evaluate import SELECTOR_NAMES, evaluate, load_graph
+
+    names = tuple(s.strip() for s in selectors.split(",")) if selectors else SELECTOR_NAMES
+    bad = [n for n in names if n not in SELECTOR_NAMES]
+    if bad:
+        _fail(f"unknown selector(s) {', '.join(bad)}; known: {', '.join(SELECTOR_NAMES)}")
+    try:
+        g = load_graph(str(graph) if graph is not None else None)
+        with _progress() as prog:
+            task = prog.add_task(f"leave-one-dataset-out, {len(g.profiled)} datasets × {seeds} seeds", total=None)
+            res = evaluate(g, seeds=seeds, selectors=names, workers=workers,
+                           progress=lambda d, n: prog.update(task, completed=d, total=n))
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        _fail(str(e))
+    if as_json:
+        print(json.dumps(res.to_json(), indent=2))
+        return
+    out.print(res.to_markdown(), highlight=False, soft_wrap=True)
+
+
+# -------------------------------------------------------------------------------------------- profile
+def _store_records(records: list[dict]) -> None:
+    """HOOK (planner/store, wired by the lead): add the profiled records (ok and failed: the store keeps
+    failed ones as history, its graph uses the ok ones) to the matching-graph store. Does nothing while
+    ``mandc.store`` (or its ``Store.add_records``) does not exist."""
+    try:
+        from mandc.store import Store
+    except ImportError:
+        return
+    if hasattr(Store, "add_records"):
+        Store().add_records(records)
+
+
+@app.command("profile")
+def profile_cmd(
+    models: str = typer.Option(..., "--models", help="Comma-separated model refs, e.g. zoo:unet-s-broad,zoo:dit-m-simple."),
+    datasets: str = typer.Option(..., "--datasets", help="Comma-separated dataset refs, e.g. builtin:shapes_circles."),
+    method: str = typer.Option("full", "--method", help="Fine-tuning method (default full: the reference budget)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Fine-tuning steps per job (default: the reference budget's)."),
+    seeds: str = typer.Option("0", "--seeds", help="Comma-separated fine-tuning seeds, e.g. 0,1."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes (default: one per CPU)."),
+    executor: str = typer.Option("local", "--executor", help="local (process pool) or ray."),
+    campaign_dir: Optional[Path] = typer.Option(None, "--campaign-dir", help="Where records go, one file per job "
+                                                "(default $MANDC_HOME/profiling); finished jobs are skipped."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-run jobs whose record says failed."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary and records as JSON."),
+) -> None:
+    """Profile models on datasets: fine-tune each pair with a fixed budget, record held-out losses (resumable)."""
+    from profiler.executors import EXECUTORS
+    from profiler.profile_cmd import build_jobs, parse_list, parse_seeds, run_profile
+
+    if executor not in EXECUTORS:
+        _fail(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
+    try:
+        jobs = build_jobs(parse_list(models, "--models"), parse_list(datasets, "--datasets"), method, steps,
+                          parse_seeds(seeds))
+        summary, records = run_profile(jobs, campaign_dir, executor, workers, progress=not as_json,
+                                       retry_failed=retry_failed)
+    except (ValueError, ImportError) as e:
+        _fail(str(e))
+    _store_records(records)
+    failed = sum(r["status"] != "ok" for r in records)  # exit 1 if any requested job has no ok record
+    if as_json:
+        print(json.dumps({"summary": summary, "records": records}, indent=2))
+        raise typer.Exit(1 if failed else 0)
+    t = Table(title=f"{len(records)} profiling records ({summary['ran']} run now, {summary['skipped']} done before)",
+              title_justify="left")
+    for c in ("model", "dataset", "seed", "status", "held-out", "zero-shot", "s"):
+        t.add_column(c)
+    for r in records:
+        j, m = r["job"], r["metrics"]
+        t.add_row(j["model"], j["dataset"], str(j["seed"]), r["status"], f"{m['heldout_loss']:.4f}" if m else "—",
+                  f"{m['zero_shot_loss']:.4f}" if m else "—", f"{r['wall_s']:.1f}")
+    out.print(t)
+    for r in records:
+        if r["status"] != "ok":
+            console.print(f"failed: {r['job']['model']} × {r['job']['dataset']} seed {r['job']['seed']}: {r['error']}",
+                          highlight=False, soft_wrap=True)
+    console.print(f"campaign: {summary['campaign_dir']} ({summary['wall_s']:.0f}s); held-out/zero-shot: held-out "
+                  "denoising loss after/before fine-tuning, lower is better", highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
+# ------------------------------------------------------------------------------------ end of profile
+
+
 def main() -> None:  # console-script entry point
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app()

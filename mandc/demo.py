@@ -2,7 +2,8 @@
 
 Builds (or reuses) the smallest reference-zoo model, fine-tunes it briefly on a built-in dataset, and
 writes a PNG with samples before (top rows) and after (bottom rows) fine-tuning for the dataset's
-held-out captions. Prints where the PNG is and the held-out denoising loss before and after.
+held-out captions. Prints where the PNG is and the held-out denoising loss before and after. Ends with
+``mandc recommend`` on a built-in dataset the reference never profiled: the leaderboard of zoo models.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--data", default="builtin:shapes_circles", help="dataset reference to fine-tune on")
     ap.add_argument("--steps", type=int, default=200, help="fine-tuning steps")
     ap.add_argument("--lr", type=float, default=3e-4, help="fine-tuning learning rate (AdamW)")
+    ap.add_argument("--recommend", default="builtin:shapes_small_mixed",
+                    help="dataset to rank the zoo models for at the end (one the reference never profiled)")
     args = ap.parse_args(argv)
 
     import torch
@@ -71,6 +74,20 @@ def main(argv: list[str] | None = None) -> dict:
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     console.print(f"held-out denoising loss {before_loss:.4f} → {after_loss:.4f}")
     console.print(f"samples (top: before, bottom: after fine-tuning): [bold]{summary['png']}[/]")
+
+    # Which model should one fine-tune on a dataset the reference never profiled? The M&C planner
+    # answers from the shipped matching graph (seeded into $MANDC_HOME/graph.sqlite on first use).
+    from mandc.planner import Planner, recommendation_table
+
+    t1 = time.perf_counter()
+    rec = Planner().recommend(args.recommend, top_k=5)
+    console.print(recommendation_table(rec))
+    for note in rec.notes:
+        console.print(f"note: {note}", highlight=False)
+    console.print(f"recommendation in {time.perf_counter() - t1:.1f}s (selector {'from cache' if rec.cached else 'fitted'})")
+    summary["recommend"] = {"dataset": rec.dataset, "leaderboard": rec.leaderboard().to_dict(orient="records")}
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 

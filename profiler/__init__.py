@@ -1,4 +1,6 @@
-"""profiler: measuring models — MPQ-Diff layer profiling and bit allocation (:mod:`profiler.mpq`).
+"""profiler: measuring models — MPQ-Diff layer profiling and bit allocation (:mod:`profiler.mpq`), and
+profiling jobs for model selection (:mod:`profiler.jobs`, :mod:`profiler.campaign`, :mod:`profiler.executors`,
+:mod:`profiler.modelinfo`, the reference campaign :mod:`profiler.reference`).
 
 Importing ``profiler`` is cheap: the public names below load their modules (torch, scipy) on first use.
 """
@@ -17,6 +19,14 @@ _EXPORTS = {
     "run_quantize": "profiler.mpq.run",
     "QuantizeResult": "profiler.mpq.run",
     "plot_bitplan": "profiler.mpq.plot",
+    # profiling jobs and campaigns (model selection's measurements)
+    "ProfileJob": "profiler.jobs",
+    "ProfileRecord": "profiler.jobs",
+    "run_job": "profiler.jobs",
+    "Campaign": "profiler.campaign",
+    "EXECUTORS": "profiler.executors",
+    "get_executor": "profiler.executors",
+    "model_features": "profiler.modelinfo",
 }
 
 __all__ = sorted(_EXPORTS)

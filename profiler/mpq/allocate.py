@@ -45,6 +45,10 @@ SCALE_BYTES_PER_CHANNEL = 1 + 4 + 4
 #: Relative optimality gap at which HiGHS stops: plans within 0.01% of the best objective are as good as it
 #: for our purposes, and proving the last digits can take seconds on ~100 layers.
 MIP_REL_GAP = 1e-4
+#: Branch-and-bound nodes after which HiGHS returns its best plan. A node limit, unlike a time limit, stops
+#: at the same plan however loaded the machine is, so plans are reproducible. On the zoo (47–96 layers, the
+#: 4×3 validation grid at 3/4/5 bits) the gap was reached within 773 nodes (< 2 s of one core).
+MIP_NODE_LIMIT = 2000
 
 
 class InfeasibleBudgetError(ValueError):
@@ -143,7 +147,7 @@ class Allocation:
     bops: float
     solve_s: float
     message: str = ""
-    optimal: bool = True          # False: the time limit stopped the solver at its best plan so far
+    optimal: bool = True          # False: a node or time limit stopped the solver at its best plan so far
 
 
 @contextlib.contextmanager
@@ -180,7 +184,7 @@ def _choices(w_choices, a_choices):
 
 
 def allocate(layers: list[LayerInfo], values: np.ndarray, budget: Budget, w_choices=W_CHOICES,
-             a_choices=A_CHOICES, pinned: dict | None = None, time_limit: float = 10.0) -> Allocation:
+             a_choices=A_CHOICES, pinned: dict | None = None, time_limit: float = 60.0) -> Allocation:
     """Solve the integer program of the module doc.
 
     Args:
@@ -189,9 +193,9 @@ def allocate(layers: list[LayerInfo], values: np.ndarray, budget: Budget, w_choi
             the order of the *sorted* choice sets.
         budget: weight-memory (and BOPs) limits.
         pinned: ``{layer index: (w_bits, a_bits)}`` fixed choices (they still count in the budget).
-        time_limit: seconds for HiGHS; when it runs out, its best plan so far is returned with
-            ``optimal=False`` (on the zoo that plan is within ~0.1% of the optimal objective after 1-2 s;
-            proving optimality can take longer when many choices are nearly tied).
+        time_limit: seconds for HiGHS, a safety net: the search stops at the gap :data:`MIP_REL_GAP` or
+            after :data:`MIP_NODE_LIMIT` nodes (deterministic), long before it on the zoo. When a limit
+            stops it, its best plan so far is returned with ``optimal=False``.
 
     Raises:
         InfeasibleBudgetError: no assignment satisfies the budget (the message gives the smallest one that does).
@@ -227,7 +231,8 @@ def allocate(layers: list[LayerInfo], values: np.ndarray, budget: Budget, w_choi
         hi = np.concatenate([np.ones(L), np.full(len(cost_rows), 1.0 - slack)])
         res = _milp(c, constraints=LinearConstraint(A, lo, hi), integrality=np.ones(L * C),
                     bounds=Bounds(np.zeros(L * C), allowed.ravel().astype(float)),
-                    options={"time_limit": float(time_limit), "mip_rel_gap": MIP_REL_GAP})
+                    options={"time_limit": float(time_limit), "mip_rel_gap": MIP_REL_GAP,
+                             "node_limit": MIP_NODE_LIMIT})
         if res.x is not None:
             break
     solve_s = time.perf_counter() - t0
@@ -290,10 +295,14 @@ def _check_feasible(layers, mem, bops, allowed, budget: Budget) -> None:
     unit = "bytes" + (" (codes densely packed, scales included)" if budget.storage == "nominal"
                       else " (codes as finetune.quant stores them, scales included)")
     if budget.weight_bytes < min_mem:
+        given = f"{budget.avg_bits:g} average weight bits = " if budget.avg_bits is not None else ""
+        n = sum(info.n_weights for info in layers)
+        as_bits = (f" (= {(min_mem - sum(scale_bytes(i) for i in layers)) * 8 / n:.2f} average weight bits)"
+                   if budget.storage == "nominal" else "")
         raise InfeasibleBudgetError(
-            f"weight-memory budget {budget.weight_bytes:,.0f} bytes is infeasible: the smallest feasible budget for "
-            f"these {len(layers)} layers is {min_mem:,.0f} {unit}, every layer at its fewest bits "
-            f"(pinned layers at theirs)", min_weight_bytes=min_mem, min_bops=min_bops)
+            f"weight-memory budget {given}{budget.weight_bytes:,.0f} bytes is infeasible: the smallest feasible "
+            f"budget for these {len(layers)} layers is {min_mem:,.0f} {unit}{as_bits}, every layer at its fewest "
+            f"bits (pinned layers at theirs)", min_weight_bytes=min_mem, min_bops=min_bops)
     if budget.bops is not None and budget.bops < min_bops:
         raise InfeasibleBudgetError(
             f"bit-operations budget {budget.bops:.4g} is infeasible: the smallest feasible one is {min_bops:.4g} "

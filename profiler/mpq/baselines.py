@@ -128,7 +128,7 @@ def baseline_plan(layers: list[LayerInfo], allocator: str, budget: Budget, *, pi
                   uniform_bits: tuple | None = None, seed: int = 0, theta: np.ndarray | None = None,
                   objective: str = "noise", propagate: bool = False, sensitivity: Sensitivity | None = None,
                   w_choices=W_CHOICES, a_choices=A_CHOICES, settings: dict | None = None,
-                  act_ranges=None, time_limit: float = 10.0) -> BitPlan:
+                  act_ranges=None, time_limit: float = 60.0) -> BitPlan:
     """A :class:`BitPlan` from one of the baseline allocators: ``"uniform"`` (``uniform_bits=(w, a)``),
     ``"random"`` (``seed``; ``theta`` the importances to permute) or ``"sensitivity"`` (a :class:`Sensitivity`)."""
     from profiler.mpq.allocate import Allocation

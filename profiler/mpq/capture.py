@@ -13,10 +13,12 @@ and which layer reads the denoiser's input and which one writes its output.
 
 **Grams, memory-bounded** (:func:`layer_grams`). A forward hook flattens a layer's output per sample
 (``[N, D_i]``) and reduces it at once to the centred Gram ``K̃_i = X̃_i X̃_iᵀ`` (``N×N``, float64): raw
-features are never kept for more than one layer at a time. When ``micro_batch < N`` (a forward over all N
-samples does not fit) each layer's Gram needs all N rows, so layers are profiled in groups whose raw
-features fit ``max_feature_bytes``: one forward per micro-batch and group stores only that group's
-features, and stops as soon as the group's last layer ran.
+features are never kept beyond the hook that sees them. A layer that runs twice in one forward (its
+per-sample feature is the concatenation ``[X_a, X_b]``) adds the Grams of its calls, since
+``[X_a, X_b][X_a, X_b]ᵀ = X_a X_aᵀ + X_b X_bᵀ`` and centring is linear. When ``micro_batch < N`` (a forward
+over all N samples does not fit) each layer's Gram needs all N rows, so layers are profiled in groups
+whose raw features fit ``max_feature_bytes``: one forward per micro-batch and group stores only that
+group's features, and stops as soon as the group's last layer ran.
 """
 from __future__ import annotations
 
@@ -217,18 +219,27 @@ def layer_grams(model, batch: CalibrationBatch, t: int, layers: list[LayerInfo],
     amax = torch.zeros(len(layers), dtype=torch.float32)
     chunks = [slice(s, min(s + mb, n)) for s in range(0, n, mb)]
     groups = [list(range(len(layers)))] if len(chunks) == 1 else _groups(layers, n, max_feature_bytes)
+    one_forward = len(chunks) == 1
     for group in groups:
-        feats: dict[int, list] = {i: [] for i in group}
-        calls: dict[int, list] = {i: [] for i in group}  # outputs of one forward (a layer may run twice)
+        feats: dict[int, list] = {i: [] for i in group}   # micro-batched: this group's features per chunk
+        calls: dict[int, list] = {i: [] for i in group}   # one forward's outputs (a layer may run twice)
+        seen = {i: 0 for i in group}
         last = group[-1]
         cur_b = [0]
 
         def hook(i, name):
             def fn(mod, inputs, out):
-                calls[i].append(_per_sample(out.detach(), cur_b[0], name))
+                x = _per_sample(out.detach(), cur_b[0], name)
+                if one_forward:  # reduce now: the raw output dies with this hook
+                    k, e = _centred(x)
+                    grams[i] += k
+                    energy[i] += e
+                else:
+                    calls[i].append(x)
+                seen[i] += 1
                 lo, hi = torch.aminmax(inputs[0].detach())
                 amax[i] = max(float(amax[i]), -float(lo), float(hi))
-                if i == last and len(calls[i]) == layers[i].calls:
+                if i == last and seen[i] == layers[i].calls:
                     raise _StopForward  # the rest of the forward pass feeds no hooked layer
             return fn
 
@@ -237,24 +248,21 @@ def layer_grams(model, batch: CalibrationBatch, t: int, layers: list[LayerInfo],
             for sl in chunks:
                 cur_b[0] = sl.stop - sl.start
                 for i in group:
-                    calls[i].clear()
+                    seen[i] = 0
                 try:
                     model.denoise(batch.noised(model, t, sl), t, batch.cond[sl])
                 except _StopForward:
                     pass
                 for i in group:
-                    if not calls[i]:
+                    if not seen[i]:
                         raise RuntimeError(f"layer {layers[i].name!r} did not run at t={t}")
-                    x = torch.cat(calls[i], 1) if len(calls[i]) > 1 else calls[i][0]
-                    if len(chunks) == 1:  # one forward: reduce to the Gram now, keep nothing
-                        grams[i], energy[i] = _centred(x)
-                    else:
-                        feats[i].append(x)
-                    calls[i].clear()
+                    if not one_forward:
+                        feats[i].append(torch.cat(calls[i], 1) if len(calls[i]) > 1 else calls[i][0])
+                        calls[i].clear()
         finally:
             for h in handles:
                 h.remove()
-        if len(chunks) > 1:
+        if not one_forward:
             for i in group:
                 grams[i], energy[i] = _centred(torch.cat(feats[i], 0))
                 feats[i].clear()

@@ -10,29 +10,40 @@
    importance-weighted precision (:func:`mpq_values`) under the memory and bit-operations budgets.
 
 Choices where the paper is silent, measured on ``zoo:unet-xs-gradients`` (96 layers) and
-``zoo:dit-s-gradients`` (47 layers) with ``builtin:gradients_linear`` (held-out denoising-loss increase
-over full precision at 3 / 4 average weight bits, equal memory and BOPs; ``benchmarks/mpq.py``):
+``zoo:dit-s-gradients`` (47 layers) with ``builtin:gradients_linear``: held-out denoising-loss increase
+over full precision at 3 / 4 / 5 average weight bits, equal memory and BOPs, K = 10, N = 32, contrast 1,
+α = 0 unless said; ``python benchmarks/mpq.py --ablations`` prints these numbers (the comparison with the
+other allocators is ``benchmarks/mpq.py`` itself). Uniform W3A8 / W4A8 / W5A8 lose 0.0386 / 0.0153 / 0.0074
+(UNet) and 0.0385 / 0.0082 / 0.0030 (DiT).
 
 * **Value of a choice** (``objective``). OMPQ's literal objective, importance-weighted bits
-  ``θ̄_i·(w/8 + a/16)``, is linear in the bits, so the program sends every layer to an extreme (2 or 8
-  bits) and the big layers to 2: 0.083 / 0.064 (UNet) and 0.101 / 0.074 (DiT), *worse* than uniform W3A8 /
-  W4A8 (0.079 / 0.030 and 0.034 / 0.0069). The default ``"noise"`` weighs the relative noise power of a
-  ``b``-bit quantizer instead, ``v = −θ̄_i·(D(w) + D(a))``, ``D(b) = 1/(2^(b−1)−1)²`` — a rate–distortion
-  reading of "importance-weighted bits" that spreads the bits: 0.019 / 0.008 and 0.024 / 0.004.
-* **Propagation** (OMPQ's ``θ̄_i``, the mean of ``θ`` over layer ``i`` and the layers after it): on by
-  default; it helped the DiT (0.024 / 0.0038 against 0.026 / 0.0071 with ``θ_i`` alone) and left the
-  UNet unchanged (0.019 / 0.008 both).
+  ``θ_i·(w/8 + a/16)``, is linear in the bits, so the program sends every layer to an extreme (2 or 8
+  bits) and the big layers to 2: 0.124 / 0.108 / 0.076 (UNet) and 0.037 / 0.055 / 0.037 (DiT), *worse*
+  than uniform. The default ``"noise"`` weighs the relative noise power of a ``b``-bit quantizer instead,
+  ``v = −θ_i·(D(w) + D(a))``, ``D(b) = 1/(2^(b−1)−1)²`` — a rate–distortion reading of "importance-weighted
+  bits" that spreads the bits: 0.0206 / 0.0048 / 0.0036 (UNet) and 0.0119 / 0.0050 / 0.0027 (DiT).
+* **Propagation** (``propagate``: OMPQ's ``θ̄_i``, the mean of ``θ`` over layer ``i`` and the layers after
+  it, as the weight instead of ``θ_i``): off by default. With it: 0.0236 / 0.0050 / 0.0080 (UNet) and
+  0.0191 / 0.0053 / 0.0033 (DiT), worse at every budget; with (contrast, α) chosen by validation, worse in
+  5 of 6 cases and tied in one (UNet 0.0236 / 0.0050 / 0.0032 against 0.0145 / 0.0046 / 0.0032; DiT
+  0.0177 / 0.0052 / 0.0033 against 0.0115 / 0.0050 / 0.0028). In a UNet "the layers after" a layer in
+  execution order are not what it feeds (skip connections), and the suffix mean flattens θ towards the
+  network mean.
 * **β** is set by a scale-free contrast ``c`` (``β = c / std_i γ̄_i``, see
   :func:`~profiler.mpq.importance.beta_for_contrast`; an absolute ``beta`` overrides it): one absolute β
   means different things for 47 and 96 layers. ``c = 0`` (no orthogonality signal, only the size- and
-  MAC-aware noise objective) gave 0.020 / 0.008 (UNet) and 0.041 / 0.0056 (DiT): the signal matters on
-  the DiT, hardly on the UNet.
+  MAC-aware noise objective) gave 0.0238 / 0.0046 / 0.0046 (UNet) and 0.0273 / 0.0070 / 0.0032 (DiT):
+  the signal matters most on the DiT and at 3 bits (on the UNet at 4 bits it is no better than none).
 * **β and α by validation** (``validate=True``): each (contrast, α) of a 4×3 grid becomes a plan, which
   is applied and scored by the denoising loss on training images outside the calibration batch (never
-  the dataset's held-out split); the best is kept (α = −3, 0 and 3 were each chosen somewhere). It costs
-  ~12 quantized evaluations (25–75 s on the zoo, shared CPU). Without it: ``contrast=1, α=0``.
-* ``N = 32`` calibration images (OMPQ's batch size). ``K = 10`` timesteps: the importance ranking of K=10
-  has Spearman 0.999–1.000 with that of all 1000 steps, at 1–1.4% of the time (K=3: 0.99).
+  the dataset's held-out split); the best is kept (α = −3, 0 and 3 were each chosen somewhere). It gave
+  0.0145 / 0.0046 / 0.0032 (UNet) and 0.0115 / 0.0050 / 0.0028 (DiT) and costs up to 12 quantized
+  evaluations (~20–35 s of one core on these models). Off by default: ``contrast=1, α=0``.
+* ``N = 32`` calibration images (OMPQ's batch size). ``K = 10`` timesteps: against a dense profile of
+  every 4th step (250 of T = 1000), the importance ranking has Spearman 1.000 (UNet) and 0.997 (DiT)
+  (K = 3: 0.999 / 0.993; K = 1: 0.98 / 0.92); ``benchmarks/mpq.py`` measures it (``cost`` in its JSON).
+  The profile's cost is one forward pass of the batch and ``L`` Grams per timestep (~0.2 s for the UNet,
+  ~0.4 s for the DiT on one core), so K = 10 costs 4% of the 250-step profile and 1% of all 1000 steps.
 * **Pinned layers**: the first layer (it reads ``x_t``) and the last (it writes the prediction) stay at
   W8A8, as is common (Q-Diffusion, PTQ4DM): they are tiny, and their error reaches the output
   unfiltered. They count in the budget like any layer.
@@ -80,7 +91,7 @@ class MPQConfig:
     contrast_grid: tuple = CONTRAST_GRID
     alpha_grid: tuple = ALPHA_GRID
     n_validation: int = 32              # training images (outside the calibration batch) for validation
-    propagate: bool = True              # OMPQ's θ̄ (mean of θ over the layer and those after it) as the weight
+    propagate: bool = False             # OMPQ's θ̄ (mean of θ over the layer and those after it) instead of θ
     objective: str = "noise"            # "noise" or OMPQ's literal "bits" (see mpq_values)
     seed: int = 0                       # calibration images and noise
     w_choices: tuple = W_CHOICES
@@ -90,7 +101,7 @@ class MPQConfig:
     a_bits_reference: int | None = 8    # BOPs budget = BOPs of the average weight bits at these activation bits
     micro_batch: int | None = None      # split the calibration forward (memory); None = all N at once
     max_feature_bytes: int = DEFAULT_MAX_FEATURE_BYTES
-    time_limit: float = 10.0            # seconds for the integer program (best plan so far when it runs out)
+    time_limit: float = 60.0            # seconds for the integer program: a safety net (see allocate())
 
     def __post_init__(self) -> None:
         if isinstance(self.n_calib, bool) or not isinstance(self.n_calib, int) or self.n_calib < 2:
@@ -338,8 +349,9 @@ def load_model_and_data(model, dataset):
     return model, ds
 
 
-def profile_bits(model, dataset, budget=None, *, avg_bits: float | None = None, timesteps: int | list[int] = 10,
-                 config: MPQConfig | None = None, progress: Progress | None = None, **overrides) -> BitPlan:
+def profile_bits(model, dataset, budget=None, *, avg_bits: float | None = None,
+                 timesteps: int | list[int] | None = None, config: MPQConfig | None = None,
+                 progress: Progress | None = None, **overrides) -> BitPlan:
     """Profile ``model`` on ``dataset`` and allocate per-layer bits: the MPQ-Diff entry point.
 
     Args:
@@ -348,14 +360,15 @@ def profile_bits(model, dataset, budget=None, *, avg_bits: float | None = None, 
         budget: weight memory in bytes as ``finetune.quant`` stores it (or a :class:`Budget`); the BOPs
             budget is then that of a uniform plan with the same average bits and 8-bit activations.
         avg_bits: instead of ``budget``: average weight bits (nominal bytes, BOPs of ``W{avg}A8``).
-        timesteps: ``K`` sampled timesteps (or explicit steps).
+        timesteps: ``K`` sampled timesteps (or explicit steps); default ``config.timesteps`` (10).
         config: an :class:`MPQConfig`; ``overrides`` set its fields (``contrast=…``, ``validate=True``, …).
         progress: ``progress(stage, done, total)``.
 
     Raises:
         InfeasibleBudgetError: the budget is below the smallest feasible one (stated in the message).
     """
-    config = (config or MPQConfig()).replace(timesteps=timesteps, **overrides)
+    config = config or MPQConfig()
+    config = config.replace(**({} if timesteps is None else {"timesteps": timesteps}), **overrides)
     given_ref = str(model) if isinstance(model, (str, os.PathLike)) else None
     model, ds = load_model_and_data(model, dataset)
     batch = calibration_batch(model, ds.train, config.n_calib, config.seed)

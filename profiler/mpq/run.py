@@ -43,7 +43,7 @@ class QuantizeResult:
     float_bytes: int             # those weights in full precision (before)
     memory_bytes: int            # what the quantized layers hold in memory after quantize_ (codes + scales)
     disk_bytes: int | None       # size of the saved quantized-layer file (adds biases, activation scales, header)
-    other_float_bytes: int       # denoiser parameters outside quantizable weights (biases, norms), kept in float
+    other_float_bytes: int       # denoiser parameters besides the quantized weights (biases, norms), in float
     seconds: float
     timings: dict = field(default_factory=dict)
 
@@ -54,11 +54,25 @@ class QuantizeResult:
                f"  weight budget {self.budget_bytes:,.0f} B ({b.get('storage')}); plan {self.plan_bytes:,.0f} B",
                f"  quantized weights in memory: {self.memory_bytes:,} B (float32 before: {self.float_bytes:,} B, "
                f"{self.float_bytes / max(self.memory_bytes, 1):.1f}x smaller)"]
+        if b.get("storage") == "nominal" and self.memory_bytes > self.budget_bytes:
+            out.append("  (the average-bits budget counts codes densely packed; finetune.quant stores 3-bit codes in "
+                       "4 bits and 6-bit codes in 8, so memory can exceed it: give --budget-mb for a budget on the "
+                       "stored bytes)")
         if self.disk_bytes is not None:
             out.append(f"  on disk: {self.weights_path} {self.disk_bytes:,} B (with biases and activation scales)")
-        out.append(f"  other denoiser parameters kept in float: {self.other_float_bytes:,} B")
+        out.append(f"  denoiser parameters besides those weights (biases, norms, embeddings; kept in float): "
+                   f"{self.other_float_bytes:,} B")
         out.append("  time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items()))
         return out
+
+    def to_dict(self) -> dict:
+        """JSON-able summary (paths as strings, the plan as its file's content)."""
+        d = {k: getattr(self, k) for k in ("budget_bytes", "plan_bytes", "float_bytes", "memory_bytes", "disk_bytes",
+                                           "other_float_bytes", "seconds", "timings")}
+        d.update(plan_path=str(self.plan_path), plot_path=str(self.plot_path),
+                 weights_path=None if self.weights_path is None else str(self.weights_path),
+                 storage=self.plan.budget.get("storage"), plan=self.plan.to_dict())
+        return d
 
 
 def run_quantize(model, data, out, *, budget_mb: float | None = None, avg_bits: float | None = None,

@@ -96,6 +96,9 @@ def test_infeasible_memory_budget_states_the_smallest(layers):
     # exactly the minimum is feasible: every layer at 2 bits
     al = allocate(layers, values_for(layers), Budget(weight_bytes=smallest, bops=None))
     assert al.w_bits == [2] * len(layers)
+    # a budget given in average bits is also answered in average bits
+    with pytest.raises(InfeasibleBudgetError, match=r"budget 1.5 average weight bits = .* \(= 2.00 average weight bits\)"):
+        check_budget(layers, Budget.from_avg_bits(layers, 1.5))
 
 
 def test_infeasible_bops_budget_and_pins(layers):

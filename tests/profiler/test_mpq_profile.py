@@ -91,6 +91,19 @@ def test_bigger_budget_never_costs_quality_in_the_objective(tiny_unet, unet_prof
     assert avg[0] < avg[1] < avg[2]
 
 
+def test_validation_picks_beta_and_alpha_from_the_grid(tiny_unet, data):
+    stages = []
+    plan = profile_bits(tiny_unet, data, avg_bits=4, timesteps=2, n_calib=4, validate=True, n_validation=4,
+                        contrast_grid=(0.5, 2.0), alpha_grid=(0.0, 3.0), time_limit=2.0,
+                        progress=lambda stage, done, total: stages.append((stage, done, total)))
+    table = plan.settings["validation"]
+    assert [(r["contrast"], r["alpha"]) for r in table] == [(0.5, 0.0), (0.5, 3.0), (2.0, 0.0), (2.0, 3.0)]
+    best = min(table, key=lambda r: r["validation_loss"])["validation_loss"]
+    chosen = next(r for r in table if (r["contrast"], r["alpha"]) == (plan.settings["contrast"], plan.settings["alpha"]))
+    assert chosen["validation_loss"] == best and plan.settings["n_validation"] == 4
+    assert ("profile", 2, 2) in stages and ("validate", 4, 4) in stages
+
+
 def test_infeasible_budget_fails_before_profiling(tiny_unet, data):
     with pytest.raises(InfeasibleBudgetError, match="smallest feasible budget") as e:
         profile_bits(tiny_unet, data, budget=1000, n_calib=8)
@@ -147,3 +160,19 @@ def test_run_quantize_shrinks_samples_and_finetunes(tiny_unet, data, tmp_path):
     fresh = copy.deepcopy(tiny_unet.denoiser)
     load_quantized_(fresh, res.weights_path)
     assert sum(isinstance(m, QuantLayer) for m in fresh.modules()) == len(res.plan.layers)
+
+
+def test_finetune_run_takes_the_plan_file(tiny_unet, data, tmp_path):
+    """The product path: ``finetune.run(..., "peqa", {"plan": plan.json})`` quantizes with the plan's bits."""
+    from finetune.runner import run
+
+    cfg = MPQConfig(time_limit=2.0)
+    plan = profile_bits(tiny_unet, data, avg_bits=3, timesteps=1, n_calib=4, config=cfg)
+    path = plan.save(tmp_path / "plan.json")
+    model = with_denoiser(tiny_unet, copy.deepcopy(tiny_unet.denoiser))
+    res = run(model, data, "peqa", {"plan": str(path), "steps": 2, "batch_size": 2, "lr": 1e-3,
+                                    "checkpoint_every": 0}, tmp_path / "ft", evaluate_loss=False)
+    assert res.steps == 2 and all(np.isfinite(res.losses))
+    bits = {n: (m.bits, m.a_bits) for n, m in model.denoiser.named_modules() if isinstance(m, QuantLayer)}
+    assert bits == {n: (v["w_bits"], v["a_bits"]) for n, v in plan.layers.items()}
+    assert res.trainable_params == sum(p.numel() for p in scale_parameters(model.denoiser))

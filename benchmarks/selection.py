@@ -1,0 +1,67 @@
+"""Model-selection quality: leave-one-dataset-out over the reference graph (wraps ``mandc evaluate``).
+
+    python benchmarks/selection.py [--seeds 5] [--graph PATH] [--workers N] [--json FILE] [--selectors a,b]
+
+For every profiled dataset of the graph (default: the shipped reference, ``data.reference``) and every
+seed, all of that dataset's performance edges are removed, each selector is rebuilt from the rest (graph
+embedding and LightGBM from scratch), and its ranking of the models is scored against the measured one.
+The protocol, the metric definitions (top-1, top-3, rel@1, mean regret, Kendall τ), the baselines and the
+ablations are documented in ``mandc/evaluate.py``.
+
+Prints a Markdown table (mean over seeds, ± the standard deviation of top-1 over seeds) and the JSON;
+with ``--json FILE`` it also writes::
+
+    {"matrix": {"models": N, "datasets": N, "max_winner_share": X, "distinct_winners": N},
+     "noise_ceiling": X,
+     "selectors": {NAME: {"top1": X, "top3": X, "rel1": X, "regret": X, "kendall": X}}}
+
+with NAME ``mandc`` (M&C without the zero-shot probe), ``mandc_probe``, the baselines (``random``,
+``most_frequent``, ``largest``, ``nearest_winner``, ``lgbm_features``, ``zero_shot``) and the ablations
+(``no_embedding``, ``no_neighbors``, ``no_data_edges``, ``node2vec``, ``no_pair``, ``no_model_features``,
+``no_data_features``). The seeds run in parallel processes of one torch thread each (``--workers``,
+default one per core).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in the checkout
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, default=5, help="selector seeds (≥ 5 for the reported numbers)")
+    ap.add_argument("--graph", default=None, help="MatchingGraph JSON, store export or SQLite store (default: the shipped reference)")
+    ap.add_argument("--workers", type=int, default=None, help="parallel processes (default: min(seeds, cores))")
+    ap.add_argument("--selectors", default=None, help="comma-separated subset of selectors (default: all)")
+    ap.add_argument("--json", dest="json_path", default=None, help="also write the JSON result to this file")
+    args = ap.parse_args(argv)
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from mandc.evaluate import SELECTOR_NAMES, evaluate, load_graph
+
+    selectors = tuple(s.strip() for s in args.selectors.split(",")) if args.selectors else SELECTOR_NAMES
+    graph = load_graph(args.graph)
+    print(f"{graph}; {args.seeds} seeds", file=sys.stderr)
+    res = evaluate(graph, seeds=args.seeds, selectors=selectors, workers=args.workers,
+                   progress=lambda done, total: print(f"task {done}/{total} done", file=sys.stderr))
+    out = res.to_json()
+    print(res.to_markdown())
+    print()
+    print(json.dumps(out, indent=2))
+    if args.json_path:
+        p = Path(args.json_path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(json.dumps(out, indent=2) + "\n")
+        os.replace(tmp, p)
+        print(f"wrote {p}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

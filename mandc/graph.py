@@ -1,0 +1,327 @@
+"""The M&C matching graph: models, datasets, fine-tuning-performance edges and data-similarity edges.
+
+Nodes (networkx, undirected):
+
+* ``"m:<model ref>"`` — ``kind="model"``, ``x`` = the model's feature dict (``profiler.modelinfo``
+  keys: ``is_dit``, ``log10_params``, ``mix_<family>``, ...), ``info`` = free-form card facts.
+* ``"d:<dataset ref>"`` — ``kind="dataset"``, ``x`` = the ``DatasetFeatures.to_vector()`` list
+  (``D`` floats, names in ``G.graph["feature_names"]``), ``family`` (catalog family or ``None``).
+
+Edges:
+
+* ``kind="perf"`` between a model and a dataset, one per profiled pair. ``runs`` maps each ok
+  ProfileRecord's ``job_id`` to ``{"seed", "loss", "zero_shot"}``; ``raw`` is the mean held-out loss
+  over the runs (lower is better), ``zero_shot`` the mean zero-shot loss, and ``weight`` the
+  per-dataset min–max normalised score (higher is better)::
+
+      weight(m, d) = (max_m' raw(m', d) - raw(m, d)) / (max_m' raw(m', d) - min_m' raw(m', d))
+
+  so the best model of ``d`` scores 1 and the worst 0 (all 1 when the models tie or only one is
+  profiled). The normalisation of a dataset uses only that dataset's own edges, so removing one
+  dataset's edges (leave-one-dataset-out) leaves every other weight unchanged.
+* ``kind="sim"`` between two datasets: ``weight`` = cosine similarity of their standardised vectors.
+  Each dataset keeps an edge to its ``k`` most similar datasets (the union over both endpoints, so a
+  node can have more than ``k``). The standardisation (column mean/std) is fixed when the graph is
+  built from the reference (``G.graph["vec_mean"]``, ``["vec_std"]``), so a dataset added later gets
+  its edges without moving any existing edge.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable
+
+import networkx as nx
+import numpy as np
+
+GRAPH_VERSION = 1
+
+
+def _mref(ref: str) -> str:
+    return f"m:{ref}"
+
+
+def _dref(ref: str) -> str:
+    return f"d:{ref}"
+
+
+class MatchingGraph:
+    """Models and datasets joined by performance and similarity edges (see the module docstring).
+
+    Build it with :meth:`from_reference` (records, models and datasets lines of the shipped
+    reference, or of a store), add targets with :meth:`add_dataset`, measurements with
+    :meth:`add_records`; :meth:`without_performance` is the leave-one-dataset-out copy.
+    """
+
+    def __init__(self, G: nx.Graph | None = None):
+        self.G = G if G is not None else nx.Graph(version=GRAPH_VERSION, k=5, feature_names=None,
+                                                  vec_mean=None, vec_std=None)
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_reference(cls, records: list[dict], models: list[dict], datasets: list[dict],
+                       k: int = 5) -> "MatchingGraph":
+        """The graph of ``models`` lines (``{"ref", "features", "info"}``), ``datasets`` lines
+        (``{"ref", "vector", "family", "feature_names"?}``) and ProfileRecords (failed ones are skipped).
+
+        The vector standardisation is fitted on all given datasets; every dataset then gets sim edges
+        to its ``k`` nearest others. Raises ``ValueError`` for duplicate refs, vectors of different
+        lengths, non-finite values, or records that name a model/dataset missing from the lines."""
+        if k < 1:
+            raise ValueError(f"k must be ≥ 1, got {k}")
+        g = cls()
+        g.G.graph["k"] = int(k)
+        for m in models:
+            g.add_model(m["ref"], m.get("features") or {}, m.get("info") or {})
+        names = next((d["feature_names"] for d in datasets if d.get("feature_names")), None)
+        vecs = []
+        for d in datasets:
+            ref = d.get("ref")
+            if not ref:
+                raise ValueError(f"dataset line without a ref: {str(d)[:120]}")
+            if g.G.has_node(_dref(ref)):
+                raise ValueError(f"dataset {ref} appears twice in the datasets lines")
+            v = _check_vector(ref, d.get("vector"), len(vecs[0]) if vecs else None)
+            vecs.append(v)
+            g.G.add_node(_dref(ref), kind="dataset", x=v.tolist(), family=d.get("family"))
+        if names is not None and vecs and len(names) != len(vecs[0]):
+            raise ValueError(f"feature_names has {len(names)} entries but vectors have {len(vecs[0])}")
+        g.G.graph["feature_names"] = list(names) if names is not None else None
+        if vecs:
+            x = np.stack(vecs)
+            sd = x.std(0)
+            g.G.graph["vec_mean"] = x.mean(0).tolist()
+            # constant columns are centred but not scaled (std 1), as in data.features.similarity_matrix
+            g.G.graph["vec_std"] = np.where(sd > 1e-12, sd, 1.0).tolist()
+            refs = [d["ref"] for d in datasets]
+            sim = g._cosine(x, x)
+            np.fill_diagonal(sim, -np.inf)
+            for i, ref in enumerate(refs):
+                for j in np.argsort(-sim[i], kind="stable")[: min(k, len(refs) - 1)]:
+                    g.G.add_edge(_dref(ref), _dref(refs[j]), kind="sim", weight=float(sim[i, j]))
+        g.add_records(records)
+        return g
+
+    def add_model(self, ref: str, features: dict, info: dict | None = None) -> None:
+        """A candidate model node (features: ``{name: float}``); replaces the features of a known one."""
+        bad = {k: v for k, v in features.items() if not isinstance(v, (int, float)) or not math.isfinite(v)}
+        if bad:
+            raise ValueError(f"model {ref}: features must be finite numbers, got {bad}")
+        node = _mref(ref)
+        if self.G.has_node(node):
+            self.G.nodes[node].update(x=dict(features), info=dict(info or {}))
+        else:
+            self.G.add_node(node, kind="model", x={k: float(v) for k, v in features.items()}, info=dict(info or {}))
+
+    def add_dataset(self, ref: str, vector, family: str | None = None) -> None:
+        """A new target dataset: a node with sim edges to its ``k`` nearest datasets, no perf edges.
+
+        Existing edges do not move (the standardisation is the graph's fixed one). Adding a ref that
+        is already a node updates its vector/family and recomputes only its own sim edges."""
+        if self.G.graph.get("vec_mean") is None:
+            raise ValueError("this graph has no dataset vectors yet; build it with from_reference first")
+        v = _check_vector(ref, vector, len(self.G.graph["vec_mean"]))
+        node = _dref(ref)
+        if self.G.has_node(node):
+            self.G.remove_edges_from([(node, n) for n in list(self.G.neighbors(node))
+                                      if self.G.edges[node, n]["kind"] == "sim"])
+            self.G.nodes[node].update(x=v.tolist(), family=family)
+        else:
+            self.G.add_node(node, kind="dataset", x=v.tolist(), family=family)
+        others = [d for d in self.datasets if d != ref]
+        if not others:
+            return
+        sim = self.similarity(ref, others)
+        for j in np.argsort(-np.asarray([sim[o] for o in others]), kind="stable")[: self.G.graph["k"]]:
+            self.G.add_edge(node, _dref(others[j]), kind="sim", weight=float(sim[others[j]]))
+
+    def add_records(self, records: Iterable[dict]) -> None:
+        """Add ProfileRecords as perf edges (status ``"ok"`` only; a ``job_id`` already present is
+        replaced, so adding the same records twice changes nothing). Re-normalises the datasets touched.
+        Raises ``ValueError`` naming a record whose model or dataset is not a node of the graph."""
+        touched = set()
+        for r in records:
+            if r.get("status") != "ok":
+                continue
+            job, metrics = r.get("job") or {}, r.get("metrics") or {}
+            model, dataset = job.get("model"), job.get("dataset")
+            if not self.G.has_node(_mref(model)):
+                raise ValueError(f"record {r.get('job_id')}: model {model!r} is not in the graph (add_model first)")
+            if not self.G.has_node(_dref(dataset)):
+                raise ValueError(f"record {r.get('job_id')}: dataset {dataset!r} is not in the graph (add_dataset first)")
+            loss = metrics.get("heldout_loss")
+            if not isinstance(loss, (int, float)) or not math.isfinite(loss):
+                raise ValueError(f"record {r.get('job_id')}: heldout_loss must be a finite number, got {loss!r}")
+            zs = metrics.get("zero_shot_loss")
+            zs = float(zs) if isinstance(zs, (int, float)) and math.isfinite(zs) else None
+            u, v = _mref(model), _dref(dataset)
+            if not self.G.has_edge(u, v):
+                self.G.add_edge(u, v, kind="perf", runs={})
+            self.G.edges[u, v]["runs"][str(r["job_id"])] = {"seed": job.get("seed"), "loss": float(loss), "zero_shot": zs}
+            touched.add(dataset)
+        for d in touched:
+            self._normalise(d)
+
+    def _normalise(self, dataset: str) -> None:
+        node = _dref(dataset)
+        edges = [self.G.edges[node, m] for m in self.G.neighbors(node) if self.G.edges[node, m]["kind"] == "perf"]
+        for e in edges:
+            runs = e["runs"].values()
+            e["raw"] = float(np.mean([r["loss"] for r in runs]))
+            zs = [r["zero_shot"] for r in runs if r["zero_shot"] is not None]
+            e["zero_shot"] = float(np.mean(zs)) if zs else None
+        raw = [e["raw"] for e in edges]
+        lo, hi = min(raw), max(raw)
+        for e in edges:
+            e["weight"] = 1.0 if hi - lo <= 1e-12 * max(abs(hi), 1.0) else (hi - e["raw"]) / (hi - lo)
+
+    def without_performance(self, dataset_ref: str) -> "MatchingGraph":
+        """A deep copy with every perf edge of ``dataset_ref`` removed (its node and sim edges stay).
+        This is what leave-one-dataset-out gives the selector: nothing measured on that dataset."""
+        if not self.G.has_node(_dref(dataset_ref)):
+            raise KeyError(f"dataset {dataset_ref!r} is not in the graph")
+        G = copy.deepcopy(self.G)
+        node = _dref(dataset_ref)
+        G.remove_edges_from([(node, n) for n in list(G.neighbors(node)) if G.edges[node, n]["kind"] == "perf"])
+        return MatchingGraph(G)
+
+    def copy(self) -> "MatchingGraph":
+        return MatchingGraph(copy.deepcopy(self.G))
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def models(self) -> list[str]:
+        """Model refs, in insertion order."""
+        return [n[2:] for n, a in self.G.nodes(data=True) if a["kind"] == "model"]
+
+    @property
+    def datasets(self) -> list[str]:
+        """Every dataset ref (profiled, unprofiled and targets), in insertion order."""
+        return [n[2:] for n, a in self.G.nodes(data=True) if a["kind"] == "dataset"]
+
+    @property
+    def profiled(self) -> list[str]:
+        """Dataset refs with at least one perf edge."""
+        return [d for d in self.datasets if any(self.G.edges[_dref(d), n]["kind"] == "perf"
+                                                 for n in self.G.neighbors(_dref(d)))]
+
+    @property
+    def k(self) -> int:
+        return int(self.G.graph["k"])
+
+    @property
+    def feature_names(self) -> list[str] | None:
+        return self.G.graph.get("feature_names")
+
+    def _perf(self, dataset_ref: str) -> dict[str, dict]:
+        node = _dref(dataset_ref)
+        if not self.G.has_node(node):
+            raise KeyError(f"dataset {dataset_ref!r} is not in the graph")
+        # sorted by model ref: networkx's neighbour order depends on insertion history (e.g. a JSON round
+        # trip), and downstream float sums must not
+        return {n[2:]: self.G.edges[node, n] for n in sorted(self.G.neighbors(node)) if self.G.edges[node, n]["kind"] == "perf"}
+
+    def scores(self, dataset_ref: str) -> dict[str, float]:
+        """Model ref → normalised score on ``dataset_ref`` in [0, 1] (higher is better; {} if unprofiled)."""
+        return {m: e["weight"] for m, e in self._perf(dataset_ref).items()}
+
+    def raw(self, dataset_ref: str) -> dict[str, float]:
+        """Model ref → mean held-out loss over seeds on ``dataset_ref`` (lower is better)."""
+        return {m: e["raw"] for m, e in self._perf(dataset_ref).items()}
+
+    def zero_shot(self, dataset_ref: str) -> dict[str, float]:
+        """Model ref → mean zero-shot (before fine-tuning) loss on ``dataset_ref``, where recorded."""
+        return {m: e["zero_shot"] for m, e in self._perf(dataset_ref).items() if e["zero_shot"] is not None}
+
+    def runs(self, dataset_ref: str) -> dict[str, list[dict]]:
+        """Model ref → the individual runs ``[{"job_id", "seed", "loss", "zero_shot"}]`` on ``dataset_ref``."""
+        return {m: [{"job_id": j, **r} for j, r in e["runs"].items()] for m, e in self._perf(dataset_ref).items()}
+
+    def model_features(self, ref: str) -> dict[str, float]:
+        return dict(self.G.nodes[_mref(ref)]["x"])
+
+    def model_info(self, ref: str) -> dict:
+        return dict(self.G.nodes[_mref(ref)].get("info") or {})
+
+    def vector(self, dataset_ref: str) -> np.ndarray:
+        """The dataset's feature vector ``[D]`` float64."""
+        node = _dref(dataset_ref)
+        if not self.G.has_node(node):
+            raise KeyError(f"dataset {dataset_ref!r} is not in the graph")
+        return np.asarray(self.G.nodes[node]["x"], dtype=np.float64)
+
+    def family(self, dataset_ref: str) -> str | None:
+        return self.G.nodes[_dref(dataset_ref)].get("family")
+
+    def standardized(self, vectors: np.ndarray) -> np.ndarray:
+        """``(x - mean) / std`` with the graph's fixed column statistics; ``[N, D] -> [N, D]``."""
+        return (np.asarray(vectors, dtype=np.float64) - np.asarray(self.G.graph["vec_mean"])) / np.asarray(self.G.graph["vec_std"])
+
+    def _cosine(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        za, zb = self.standardized(a), self.standardized(b)
+        za /= np.maximum(np.linalg.norm(za, axis=1, keepdims=True), 1e-12)
+        zb /= np.maximum(np.linalg.norm(zb, axis=1, keepdims=True), 1e-12)
+        return za @ zb.T
+
+    def similarity(self, dataset_ref: str, others: list[str] | None = None) -> dict[str, float]:
+        """Cosine similarity (standardised vectors) of ``dataset_ref`` to each of ``others``
+        (default: every other dataset node)."""
+        others = [d for d in self.datasets if d != dataset_ref] if others is None else list(others)
+        if not others:
+            return {}
+        sim = self._cosine(self.vector(dataset_ref)[None], np.stack([self.vector(o) for o in others]))[0]
+        return dict(zip(others, sim.tolist()))
+
+    def nearest(self, dataset_ref: str, n: int = 5, profiled_only: bool = True) -> list[tuple[str, float]]:
+        """The ``n`` most similar other datasets ``[(ref, cosine)]``, best first (by default only
+        those with perf edges)."""
+        pool = self.profiled if profiled_only else self.datasets
+        sim = self.similarity(dataset_ref, [d for d in pool if d != dataset_ref])
+        return sorted(sim.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+    def edges(self, kind: str) -> list[tuple[str, str, dict]]:
+        """``(u, v, attrs)`` of one edge kind, nodes as ``"m:..."``/``"d:..."`` ids, ``u < v``, sorted
+        (a deterministic order whatever the insertion history)."""
+        out = []
+        for u, v, a in self.G.edges(data=True):
+            if a["kind"] == kind:
+                out.append((u, v, a) if u < v else (v, u, a))
+        return sorted(out, key=lambda e: (e[0], e[1]))
+
+    def __repr__(self) -> str:
+        return (f"MatchingGraph({len(self.models)} models, {len(self.datasets)} datasets "
+                f"({len(self.profiled)} profiled), {len(self.edges('perf'))} perf + {len(self.edges('sim'))} sim edges)")
+
+    # ------------------------------------------------------------------ JSON
+    def to_json(self) -> dict:
+        """Plain JSON: graph attributes, nodes and edges with all their attributes (an exact round trip)."""
+        nodes = [{"id": n, **a} for n, a in self.G.nodes(data=True)]
+        edges = [{"u": u, "v": v, **a} for u, v, a in self.G.edges(data=True)]
+        return {"format": "mandc.MatchingGraph", "version": GRAPH_VERSION, "graph": dict(self.G.graph),
+                "nodes": nodes, "edges": edges}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "MatchingGraph":
+        if not isinstance(d, dict) or d.get("format") != "mandc.MatchingGraph":
+            raise ValueError("not a MatchingGraph JSON (expected an object with format 'mandc.MatchingGraph')")
+        if d.get("version") != GRAPH_VERSION:
+            raise ValueError(f"MatchingGraph JSON version {d.get('version')!r} is not supported (expected {GRAPH_VERSION})")
+        G = nx.Graph(**copy.deepcopy(d["graph"]))
+        for n in d["nodes"]:
+            a = copy.deepcopy(n)
+            G.add_node(a.pop("id"), **a)
+        for e in d["edges"]:
+            a = copy.deepcopy(e)
+            G.add_edge(a.pop("u"), a.pop("v"), **a)
+        return cls(G)
+
+
+def _check_vector(ref: str, vector, dim: int | None) -> np.ndarray:
+    if vector is None:
+        raise ValueError(f"dataset {ref}: no feature vector")
+    v = np.asarray(vector, dtype=np.float64).reshape(-1)
+    if dim is not None and v.size != dim:
+        raise ValueError(f"dataset {ref}: vector has {v.size} values, expected {dim}")
+    if not np.all(np.isfinite(v)):
+        raise ValueError(f"dataset {ref}: vector has non-finite values at {np.flatnonzero(~np.isfinite(v)).tolist()}")
+    return v

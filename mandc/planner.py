@@ -1,0 +1,571 @@
+"""The Planner API: which pretrained model should I fine-tune on this dataset?
+
+::
+
+    import mandc
+    rec = mandc.Planner().recommend("builtin:shapes_on_dark", top_k=3)
+    rec.leaderboard()            # pandas DataFrame, higher score is better, with the reasons
+    rec.to_json(); rec.to_markdown()
+
+``Planner(graph_or_store)`` reads the matching graph from the store (default ``$MANDC_HOME/graph.sqlite``,
+seeded from the shipped reference), a store/graph JSON file, or a :class:`~mandc.graph.MatchingGraph`.
+:meth:`Planner.recommend`:
+
+1. resolves the target to a dataset node: a ``builtin:NAME`` the graph knows is used as is (its vector is
+   shipped, nothing is computed); a folder or a loaded :class:`~data.SplitDataset` gets its
+   :class:`~data.DatasetFeatures` computed and enters a copy of the graph with similarity edges only;
+2. if every candidate was already measured on the target, ranks by the measured normalised scores
+   (mean held-out loss over seeds) and says so — there is nothing to predict;
+3. otherwise fits the :class:`~mandc.select.Selector` on the graph — or loads the fitted one from
+   ``$MANDC_HOME/cache/selector-<key>.pkl``, ``key`` = sha256 of the graph's contents, the selector
+   config, the selection code and the library versions, so an unchanged graph is fitted once — and
+   predicts a score per model (higher is better). The predictions for every dataset node of the graph
+   are cached beside it (``predictions-<key>.json``), so ``recommend("builtin:NAME")`` on an unchanged
+   graph is answered without importing torch, PyG or LightGBM;
+4. explains each model: its measured score on the target's nearest profiled datasets (and where it was
+   the best) and its pretraining mixture.
+
+``recommend(..., probe=True)`` adds the zero-shot probe: every candidate that is available locally
+(a built zoo model or a local diffusers folder; nothing is built or downloaded) is scored by its
+held-out denoising loss on the target before any fine-tuning (forward passes only), and a selector
+fitted with the probe feature predicts from it. Skipped candidates are listed with the reason.
+
+:meth:`Planner.feedback` adds a measured ProfileRecord to the store, so the next recommendation learns
+from every run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import pickle
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mandc.store import DEFAULT_K, Store, StoreError, _dumps, mandc_home
+
+CACHE_KEEP = 8          # fitted selectors kept in $MANDC_HOME/cache (newest first)
+NEAREST = 3             # profiled datasets quoted as evidence per recommendation
+_SELECTION_CODE = ("graph.py", "embed.py", "select.py")  # their source is part of the cache key
+
+
+# ------------------------------------------------------------------------------------------ the result
+@dataclass
+class RankedModel:
+    """One candidate of a :class:`Recommendation`.
+
+    ``score``: the selector's predicted score (higher is better; a ranking score, comparable only within
+    one recommendation) or, for a measured target, the normalised measured score in [0, 1].
+    ``evidence``: the model's normalised measured score on each of the target's nearest profiled datasets
+    ``[{"dataset", "similarity", "score", "won"}]``. ``mixture``: its pretraining mixture ``{family: weight}``.
+    """
+
+    model: str
+    rank: int
+    score: float
+    measured_loss: float | None = None   # mean held-out loss after fine-tuning on the target, if profiled
+    probe_loss: float | None = None      # zero-shot held-out loss on the target (probe=True)
+    evidence: list[dict] = field(default_factory=list)
+    mixture: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def why(self) -> str:
+        """One line: where it won or scored near the target, and what it was pretrained on."""
+        parts = []
+        won = [e for e in self.evidence if e.get("won")]
+        if won:
+            parts.append("best on " + ", ".join(f"{_short(e['dataset'])} (sim {e['similarity']:.2f})" for e in won))
+        other = [e for e in self.evidence if not e.get("won") and e.get("score") is not None]
+        if other:
+            parts.append(", ".join(f"{e['score']:.2f} on {_short(e['dataset'])}" for e in other))
+        if self.mixture:
+            parts.append("pretrained on " + _mixture_text(self.mixture))
+        if self.measured_loss is not None:
+            parts.insert(0, f"measured loss {self.measured_loss:.4f}")
+        if self.probe_loss is not None:
+            parts.insert(0, f"zero-shot loss {self.probe_loss:.4f}")
+        return "; ".join(parts)
+
+
+@dataclass
+class Recommendation:
+    """Candidate models for one dataset, best first (``entries`` holds every candidate; ``top_k`` is how
+    many the caller asked for, what :meth:`leaderboard` and :meth:`to_markdown` show by default).
+
+    ``source``: ``"predicted"`` (the selector) or ``"measured"`` (the target was profiled with every
+    candidate). ``nearest``: the target's nearest profiled datasets ``[{"dataset", "similarity",
+    "winner", "family"}]``. ``notes``: plain sentences worth showing (profiled target, skipped probes...).
+    """
+
+    dataset: str
+    entries: list[RankedModel]
+    top_k: int = 3
+    source: str = "predicted"
+    nearest: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    probe: bool = False
+    probe_skipped: dict[str, str] = field(default_factory=dict)
+    graph: dict = field(default_factory=dict)      # {"models", "datasets", "profiled", "key"}
+    selector: dict = field(default_factory=dict)   # the SelectorConfig used (empty when measured)
+    cached: bool = False                           # the prediction or the fitted selector came from a cache
+    seconds: float = 0.0
+
+    @property
+    def best(self) -> str:
+        """The recommended model ref."""
+        return self.entries[0].model
+
+    @property
+    def top(self) -> list[RankedModel]:
+        return self.entries[: self.top_k]
+
+    def leaderboard(self, full: bool = False):
+        """A pandas DataFrame, one row per model sorted by ``score`` (higher is better): ``rank``,
+        ``model``, ``score``, ``measured_loss``/``probe_loss`` when present, and ``why``; the top ``top_k``
+        rows unless ``full``."""
+        import pandas as pd
+
+        rows = []
+        for e in self.entries if full else self.top:
+            row = {"rank": e.rank, "model": e.model, "score": e.score}
+            if self.source == "measured" or any(x.measured_loss is not None for x in self.entries):
+                row["measured_loss"] = e.measured_loss
+            if self.probe:
+                row["probe_loss"] = e.probe_loss
+            row["why"] = e.why
+            rows.append(row)
+        return pd.DataFrame(rows).sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+
+    def to_json(self) -> dict:
+        """Plain JSON (``why`` included for readers that do not run Python)."""
+        d = dataclasses.asdict(self)
+        for e, obj in zip(d["entries"], self.entries):
+            e["why"] = obj.why
+        return {"format": "mandc.Recommendation", "best": self.best, **d}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Recommendation":
+        if not isinstance(d, dict) or d.get("format") != "mandc.Recommendation":
+            raise ValueError("not a Recommendation JSON (expected an object with format 'mandc.Recommendation')")
+        d = {k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}}
+        names = {f.name for f in dataclasses.fields(RankedModel)}
+        d["entries"] = [RankedModel(**{k: v for k, v in e.items() if k in names}) for e in d["entries"]]
+        return cls(**d)
+
+    def to_markdown(self, full: bool = False) -> str:
+        """A Markdown section: the table (rank, model, score, why), the nearest datasets and the notes."""
+        how = "measured" if self.source == "measured" else "predicted"
+        lines = [f"### Recommended models for `{self.dataset}` ({how})", "",
+                 "| rank | model | score | why |", "|---:|---|---:|---|"]
+        for e in self.entries if full else self.top:
+            lines.append(f"| {e.rank} | `{e.model}` | {e.score:.3f} | {e.why.replace('|', '/')} |")
+        if self.nearest:
+            near = [f"`{_short(n['dataset'])}` (similarity {n['similarity']:.2f}, best: `{n['winner']}`)"
+                    for n in self.nearest]
+            lines += ["", "Nearest profiled datasets: " + ", ".join(near)]
+        lines += ["", *[f"- {n}" for n in self.notes]] if self.notes else []
+        return "\n".join(lines) + "\n"
+
+
+def recommendation_table(rec: Recommendation, full: bool = False):
+    """A ``rich`` table of ``rec`` (rank, model, score, why) for the terminal."""
+    from rich.table import Table
+
+    how = "measured" if rec.source == "measured" else "predicted" + (" with the zero-shot probe" if rec.probe else "")
+    t = Table(title=f"models for {rec.dataset} ({how}; higher score is better)", title_justify="left")
+    t.add_column("rank", justify="right", no_wrap=True)
+    t.add_column("model", no_wrap=True)
+    t.add_column("score", justify="right", no_wrap=True)
+    t.add_column("why")
+    for e in rec.entries if full else rec.top:
+        t.add_row(str(e.rank), e.model, f"{e.score:.3f}", e.why)
+    if rec.nearest:
+        t.caption = "nearest profiled datasets: " + ", ".join(
+            f"{_short(n['dataset'])} ({n['similarity']:.2f}, best {n['winner']})" for n in rec.nearest)
+    return t
+
+
+def _mixture_text(mixture: dict[str, float], show: int = 3) -> str:
+    """``"shapes 67%, compositions 33%"``; an even spread over many families reads "8 families evenly"."""
+    total = sum(mixture.values()) or 1.0
+    mix = sorted(((k, v / total) for k, v in mixture.items() if v > 0), key=lambda kv: (-kv[1], kv[0]))
+    if len(mix) > show and mix[0][1] - mix[-1][1] < 1e-3:
+        return f"{len(mix)} families evenly"
+    text = ", ".join(f"{k} {100 * v:.0f}%" for k, v in mix[:show])
+    return text + (f" (+{len(mix) - show} more)" if len(mix) > show else "")
+
+
+def _short(ref: str) -> str:
+    return ref.removeprefix("builtin:") if ref.startswith("builtin:") else Path(ref).name or ref
+
+
+# ------------------------------------------------------------------------------------------ the planner
+class Planner:
+    """Recommends models for a dataset from a matching graph (see the module docstring).
+
+    Args:
+        graph_or_store: ``None`` (the default store), a :class:`~mandc.store.Store`, a
+            :class:`~mandc.graph.MatchingGraph`, or a path: ``*.json`` (a store export or a
+            ``MatchingGraph.to_json()``) or an SQLite store file.
+        selector_config: a ``SelectorConfig`` (or a dict of its fields); default ``SelectorConfig()``.
+        k: similarity edges per dataset when the graph is built from a store.
+        cache_dir: where fitted selectors and their predictions are cached (default ``$MANDC_HOME/cache``);
+            ``False`` disables the disk cache.
+    """
+
+    def __init__(self, graph_or_store=None, selector_config=None, k: int = DEFAULT_K, cache_dir=None):
+        self.store: Store | None = None
+        self._graph = None
+        self.k = k
+        src = graph_or_store
+        if src is None:
+            self.store = Store()
+        elif isinstance(src, Store):
+            self.store = src
+        elif isinstance(src, (str, os.PathLike)):
+            path = Path(src).expanduser()
+            if not path.is_file():
+                raise StoreError(f"graph file {path} does not exist (give an SQLite store or a JSON export)")
+            if path.suffix.lower() == ".json":
+                self._load_json(path)
+            else:
+                self.store = Store(path)
+        elif hasattr(src, "G") and hasattr(src, "scores"):
+            self._graph = src
+        else:
+            raise TypeError(f"Planner needs a Store, a MatchingGraph, a path or None, got {type(src).__name__}")
+        self._cfg = selector_config
+        self.cache_dir = None if cache_dir is False else Path(cache_dir) if cache_dir else mandc_home() / "cache"
+        self._fitted: dict[str, object] = {}   # in-process cache, same keys as the disk cache
+
+    def _load_json(self, path: Path) -> None:
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise StoreError(f"cannot read graph JSON {path}: {e}") from None
+        fmt = d.get("format") if isinstance(d, dict) else None
+        if fmt == "mandc.MatchingGraph":
+            from mandc.graph import MatchingGraph
+
+            self._graph = MatchingGraph.from_json(d)
+        elif fmt == "mandc.Store":
+            self.store = Store(":memory:", reference=False)
+            self.store.import_json(d)
+        else:
+            raise StoreError(f"{path} is neither a store export (format 'mandc.Store') nor a graph JSON "
+                             f"(format 'mandc.MatchingGraph')")
+
+    # ------------------------------------------------------------------ graph and selector
+    def graph(self):
+        """A copy of the current matching graph."""
+        return self.store.graph(self.k) if self.store is not None else self._graph.copy()
+
+    def _graph_key(self) -> str:
+        if self.store is not None:
+            return f"store:{self.store.content_hash()}:k{self.k}"
+        return "graph:" + hashlib.sha256(_dumps(self._graph.to_json()).encode()).hexdigest()
+
+    def selector_config(self, probe: bool = False):
+        """The ``SelectorConfig`` in use (with ``probe`` switched on for the probe path)."""
+        from mandc.select import SelectorConfig
+
+        cfg = self._cfg
+        if cfg is None:
+            cfg = SelectorConfig()
+        elif isinstance(cfg, dict):
+            cfg = SelectorConfig(**cfg)
+        return dataclasses.replace(cfg, probe=probe) if cfg.probe != probe else cfg
+
+    def _cache_key(self, cfg) -> str:
+        import importlib.metadata as md
+
+        h = hashlib.sha256()
+        h.update(self._graph_key().encode())
+        h.update(_dumps(dataclasses.asdict(cfg)).encode())
+        here = Path(__file__).parent
+        for name in _SELECTION_CODE:  # a code change must not reuse a selector fitted by the old code
+            p = here / name
+            h.update(p.read_bytes() if p.is_file() else b"-")
+        for dist in ("lightgbm", "torch", "torch_geometric", "scikit-learn", "numpy"):
+            try:
+                h.update(f"{dist}={md.version(dist)}".encode())
+            except md.PackageNotFoundError:
+                pass
+        return h.hexdigest()[:32]
+
+    def fitted_selector(self, graph, cfg, key: str | None = None) -> tuple[object, bool]:
+        """``(selector, from_cache)``: the :class:`~mandc.select.Selector` fitted on ``graph`` (the
+        planner's current graph), from memory, the disk cache, or fitted now and cached."""
+        key = key or self._cache_key(cfg)
+        if key in self._fitted:
+            return self._fitted[key], True
+        path = self.cache_dir / f"selector-{key}.pkl" if self.cache_dir is not None else None
+        if path is not None and path.is_file():
+            try:
+                with open(path, "rb") as f:
+                    sel = pickle.load(f)
+                self._fitted[key] = sel
+                os.utime(path)  # newest-used first when pruning
+                return sel, True
+            except Exception:  # a stale or truncated cache file is refitted, never trusted
+                pass
+        from mandc.select import Selector
+
+        sel = Selector(cfg).fit(graph)
+        self._fitted[key] = sel
+        if path is not None:
+            _atomic_write(path, pickle.dumps(sel, protocol=pickle.HIGHEST_PROTOCOL))
+            self._prune()
+        return sel, False
+
+    def _predict(self, base, graph, ref: str, cfg, probe_losses: dict) -> tuple[dict[str, float], bool]:
+        """``(scores, from_cache)`` for target ``ref``.
+
+        A target that is a node of the planner's graph (every catalog dataset of the shipped reference)
+        depends only on the cache key, so after a fit the predictions of *all* such nodes that are not
+        fully profiled are written to ``predictions-<key>.json``: later calls — in any process — answer
+        from that file without importing torch, PyG or LightGBM. Probe predictions are never cached."""
+        key = self._cache_key(cfg)
+        path = self.cache_dir / f"predictions-{key}.json" if self.cache_dir is not None else None
+        in_base = ref in base.datasets
+        if in_base and not cfg.probe and path is not None and path.is_file():
+            try:
+                cached = json.loads(path.read_text())
+                if ref in cached:
+                    os.utime(path)
+                    return cached[ref], True
+            except (OSError, ValueError):
+                pass
+        sel, from_cache = self.fitted_selector(base, cfg, key)
+        if cfg.probe:
+            return sel.predict(graph, ref, probe=probe_losses), from_cache
+        if not in_base:
+            return sel.predict(graph, ref), from_cache
+        models = set(base.models)
+        todo = [d for d in base.datasets if d == ref or not set(base.scores(d)) >= models]
+        preds = {d: sel.predict(base, d) for d in todo}
+        if path is not None:
+            _atomic_write(path, json.dumps(preds).encode())
+            self._prune()
+        return preds[ref], from_cache
+
+    def _prune(self) -> None:
+        """Keep the ``CACHE_KEEP`` most recently used fitted selectors and prediction files."""
+        for pattern in ("selector-*.pkl", "predictions-*.json"):
+            files = sorted(self.cache_dir.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
+            for p in files[CACHE_KEEP:]:
+                p.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ the target
+    def _target(self, dataset, graph) -> tuple[str, object, bool]:
+        """``(ref, loaded SplitDataset or None, added)``: the target's node ref in ``graph``, adding the
+        node (similarity edges only) when the graph does not have it."""
+        ds = None
+        if isinstance(dataset, (str, os.PathLike)):  # checked first: a known builtin needs no torch import
+            ref = dataset_key(dataset)
+        else:
+            from data.dataset import DatasetError, SplitDataset
+
+            if not isinstance(dataset, SplitDataset):
+                raise DatasetError(f"recommend() needs 'builtin:NAME', a folder path or a SplitDataset, "
+                                   f"got {type(dataset).__name__}")
+            ds = dataset
+            ref = dataset.ref if dataset.ref and not dataset.ref.startswith("records:") else f"records:{dataset.name}"
+        if ref in graph.datasets:
+            return ref, ds, False
+        from data import DatasetFeatures, load_dataset
+
+        if ds is None:
+            ds = load_dataset(ref)
+        vec = DatasetFeatures.compute(ds).to_vector()
+        graph.add_dataset(ref, vec, family=ds.family)
+        return ref, ds, True
+
+    # ------------------------------------------------------------------ recommending
+    def recommend(self, dataset, top_k: int = 3, probe: bool = False) -> Recommendation:
+        """Rank every candidate model of the graph for ``dataset`` (``builtin:NAME``, a folder in the
+        imagefolder layout, or a :class:`~data.SplitDataset`); see the module docstring."""
+        t0 = time.perf_counter()
+        if not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+        base = self.graph()
+        graph = base.copy()
+        ref, ds, added = self._target(dataset, graph)
+        models = graph.models
+        if not models:
+            raise StoreError("the matching graph has no candidate models")
+        notes: list[str] = []
+        if added:
+            notes.append(f"{ref} is new to the graph: it entered with similarity edges only (its features were "
+                         f"computed from its {len(ds.train)} training images)")
+
+        measured_scores, measured_raw = graph.scores(ref), graph.raw(ref)
+        probe_losses: dict[str, float] = {}
+        skipped: dict[str, str] = {}
+        cfg_dict, cached = {}, False
+        if measured_scores and set(measured_scores) >= set(models):
+            source, scores = "measured", measured_scores
+            runs = graph.runs(ref)
+            seeds = max(len(v) for v in runs.values())
+            notes.insert(0, f"{ref} is already profiled with every candidate: ranked by its measured held-out loss "
+                            f"(mean over up to {seeds} fine-tuning seed(s)), not predicted")
+            if probe:
+                notes.append("the probe is not needed for a profiled dataset and was not run")
+                probe = False
+        else:
+            source = "predicted"
+            if probe:
+                if ds is None:
+                    from data import load_dataset
+
+                    ds = load_dataset(ref)
+                probe_losses, skipped = probe_models(models, ds)
+                if skipped:
+                    notes.append(f"zero-shot probe skipped for {len(skipped)} model(s) not available locally: "
+                                 + ", ".join(f"{m} ({why})" for m, why in skipped.items()))
+                if not probe_losses:
+                    notes.append("no candidate could be probed: predicted without the probe")
+                    probe = False
+            cfg = self.selector_config(probe=probe)
+            scores, cached = self._predict(base, graph, ref, cfg, probe_losses)
+            cfg_dict = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))  # plain JSON types
+            if measured_scores:
+                notes.append(f"{ref} has measurements for {len(measured_scores)} of {len(models)} models (shown as "
+                             f"measured_loss); the ranking is predicted")
+
+        entries = self._entries(graph, ref, models, scores, measured_raw, probe_losses)
+        nearest = [{"dataset": d, "similarity": round(s, 4), "winner": _winner(graph, d), "family": graph.family(d)}
+                   for d, s in graph.nearest(ref, n=NEAREST)]
+        return Recommendation(
+            dataset=ref, entries=entries, top_k=min(top_k, len(entries)), source=source, nearest=nearest, notes=notes,
+            probe=probe, probe_skipped=skipped,
+            graph={"models": len(models), "datasets": len(base.datasets), "profiled": len(base.profiled),
+                   "key": self._graph_key()},
+            selector=cfg_dict, cached=cached, seconds=round(time.perf_counter() - t0, 3))
+
+    def _entries(self, graph, ref, models, scores, measured_raw, probe_losses) -> list[RankedModel]:
+        near = graph.nearest(ref, n=NEAREST)
+        near_scores = {d: graph.scores(d) for d, _ in near}
+        order = sorted(models, key=lambda m: (-_finite(scores.get(m)), m))
+        out = []
+        for rank, m in enumerate(order, 1):
+            evidence = [{"dataset": d, "similarity": round(s, 4),
+                         "score": None if near_scores[d].get(m) is None else round(near_scores[d][m], 4),
+                         "won": _winner(graph, d) == m} for d, s in near]
+            out.append(RankedModel(model=m, rank=rank, score=float(_finite(scores.get(m))),
+                                   measured_loss=measured_raw.get(m), probe_loss=probe_losses.get(m),
+                                   evidence=evidence, mixture=_mixture(graph, m)))
+        return out
+
+    # ------------------------------------------------------------------ feedback
+    def feedback(self, records) -> int:
+        """Add measured ProfileRecords (one dict or a list, ``profiler.jobs`` format) to the graph's store,
+        so the next recommendation uses them; returns how many. A dataset or model the store does not know
+        is added first (dataset features computed from the data, the model line from
+        ``profiler.modelinfo.describe_model``); a folder dataset is keyed by its absolute path. With a
+        plain MatchingGraph (no store) the records are added in memory only."""
+        records = [records] if isinstance(records, dict) else list(records)
+        recs = []
+        for r in records:
+            if not isinstance(r, dict) or not isinstance(r.get("job"), dict):
+                raise ValueError("feedback() takes ProfileRecord dicts (with 'job_id', 'job', 'status', 'metrics'), "
+                                 f"got {str(r)[:120]}")
+            rec = json.loads(json.dumps(r))  # our own copy
+            rec["job"]["dataset"] = dataset_key(rec["job"].get("dataset", ""))
+            recs.append(rec)
+        graph = None if self.store is not None else self._graph
+        known_models = {m["ref"] for m in self.store.models()} if self.store is not None else set(graph.models)
+        known_data = {d["ref"] for d in self.store.datasets()} if self.store is not None else set(graph.datasets)
+        for model in dict.fromkeys(r["job"]["model"] for r in recs if r["job"]["model"] not in known_models):
+            from profiler.modelinfo import describe_model
+
+            line = describe_model(model)
+            if self.store is not None:
+                self.store.add_model(model, line["features"], line["info"], name=line["name"])
+            else:
+                graph.add_model(model, line["features"], line["info"])
+        for ds_ref in dict.fromkeys(r["job"]["dataset"] for r in recs if r["job"]["dataset"] not in known_data):
+            from data import DatasetFeatures, load_dataset
+
+            ds = load_dataset(ds_ref)
+            vec = DatasetFeatures.compute(ds).to_vector()
+            if self.store is not None:
+                self.store.add_dataset(ds_ref, vec, family=ds.family, name=ds.name)
+            else:
+                graph.add_dataset(ds_ref, vec, family=ds.family)
+        if self.store is not None:
+            return self.store.add_records(recs)
+        graph.add_records(recs)
+        return len(recs)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def dataset_key(ref) -> str:
+    """The graph's name for a dataset reference: ``builtin:NAME`` as is, a folder as its absolute path
+    (so ``./data`` and ``/home/me/data`` are one node)."""
+    s = os.fspath(ref)
+    if s.startswith("builtin:") or s.startswith("records:"):
+        return s
+    p = Path(s).expanduser()
+    return str(p.resolve()) if p.exists() else s
+
+
+def probe_models(models: list[str], ds) -> tuple[dict[str, float], dict[str, str]]:
+    """Zero-shot held-out loss of every locally available candidate on ``ds`` (forward passes only).
+
+    Returns ``(losses, skipped)``: ``{model: loss}`` and ``{model: reason}`` for the ones not probed (a zoo
+    model that is not built, a Hub id: nothing is built or downloaded for a probe)."""
+    import torch
+
+    from finetune import zoo
+    from finetune.metrics import heldout_loss
+    from finetune.model import T2IModel
+    from finetune.refs import ModelRefError, parse_model_ref
+
+    losses, skipped = {}, {}
+    for m in models:
+        try:
+            r = parse_model_ref(m)
+        except ModelRefError as e:
+            skipped[m] = str(e).split(";")[0]
+            continue
+        if r.kind == "zoo" and not zoo.is_built(r.value):
+            skipped[m] = f"not built (mandc zoo build {r.value})"
+            continue
+        if r.kind == "hub":
+            skipped[m] = "a Hub model (the probe never downloads)"
+            continue
+        with torch.no_grad():
+            model = T2IModel.from_pretrained(m)
+            losses[m] = float(heldout_loss(model, ds.heldout).mean)
+        del model
+    return losses, skipped
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _finite(x) -> float:
+    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else -math.inf
+
+
+def _winner(graph, dataset: str) -> str | None:
+    s = graph.scores(dataset)
+    return max(sorted(s), key=lambda m: s[m]) if s else None
+
+
+def _mixture(graph, model: str) -> dict[str, float]:
+    info = graph.model_info(model)
+    mix = info.get("mixture")
+    if isinstance(mix, dict) and mix:
+        total = sum(v for v in mix.values() if isinstance(v, (int, float))) or 1.0
+        return {k: round(float(v) / total, 4) for k, v in mix.items() if isinstance(v, (int, float)) and v > 0}
+    feats = graph.model_features(model)
+    return {k[4:]: round(v, 4) for k, v in feats.items() if k.startswith("mix_") and v > 0}

@@ -1,0 +1,117 @@
+"""MatchingGraph: construction, normalisation, leave-one-out copies, new targets, records, JSON."""
+import json
+
+import numpy as np
+import pytest
+
+from mandc.graph import MatchingGraph
+from synthetic_reference import make_reference
+
+
+@pytest.fixture(scope="module")
+def ref():
+    return make_reference(n_families=3, per_family=4, n_profiled=3, n_models=5)
+
+
+@pytest.fixture()
+def graph(ref):
+    return MatchingGraph.from_reference(*ref, k=3)
+
+
+def test_nodes_edges_and_normalisation(graph, ref):
+    records, models, datasets = ref
+    assert graph.models == [m["ref"] for m in models]
+    assert graph.datasets == [d["ref"] for d in datasets]
+    assert len(graph.profiled) == 9 and len(graph.datasets) == 12
+    assert len(graph.edges("perf")) == 9 * 5
+    d = graph.profiled[0]
+    raw, sc = graph.raw(d), graph.scores(d)
+    # raw = mean held-out loss over the two seeds
+    mine = [r["metrics"]["heldout_loss"] for r in records if r["job"]["dataset"] == d and r["job"]["model"] == models[0]["ref"]]
+    assert len(mine) == 2 and raw[models[0]["ref"]] == pytest.approx(np.mean(mine))
+    # min–max normalised, best (lowest loss) = 1, worst = 0
+    best, worst = min(raw, key=raw.get), max(raw, key=raw.get)
+    assert sc[best] == 1.0 and sc[worst] == 0.0
+    for m in raw:
+        assert sc[m] == pytest.approx((raw[worst] - raw[m]) / (raw[worst] - raw[best]))
+    # every dataset has ≥ k sim edges; weights are cosines
+    for ds in graph.datasets:
+        sims = [n for n in graph.G.neighbors(f"d:{ds}") if graph.G.edges[f"d:{ds}", n]["kind"] == "sim"]
+        assert len(sims) >= 3
+    assert all(-1.0 - 1e-9 <= a["weight"] <= 1.0 + 1e-9 for _, _, a in graph.edges("sim"))
+    # unprofiled datasets have no perf edges
+    unprofiled = set(graph.datasets) - set(graph.profiled)
+    assert unprofiled and all(graph.scores(u) == {} for u in unprofiled)
+
+
+def test_without_performance_removes_only_that_dataset(graph):
+    d = graph.profiled[2]
+    h = graph.without_performance(d)
+    assert d not in h.profiled and h.scores(d) == {}
+    assert len(h.edges("perf")) == len(graph.edges("perf")) - len(graph.models)
+    for other in graph.profiled:
+        if other != d:
+            assert h.scores(other) == graph.scores(other)  # per-dataset normalisation unaffected
+    assert len(h.edges("sim")) == len(graph.edges("sim"))   # it keeps its similarity edges
+    assert d in graph.profiled                               # the original is untouched
+    with pytest.raises(KeyError, match="not in the graph"):
+        graph.without_performance("builtin:nope")
+
+
+def test_add_dataset_gets_similarity_edges_only(graph, ref):
+    before = {(u, v): a["weight"] for u, v, a in graph.edges("sim")}
+    vec = np.asarray(ref[2][0]["vector"]) + 0.01
+    graph.add_dataset("/data/new", vec)
+    node = "d:/data/new"
+    kinds = [graph.G.edges[node, n]["kind"] for n in graph.G.neighbors(node)]
+    assert kinds == ["sim"] * graph.k
+    assert graph.nearest("/data/new", n=1)[0][0] == ref[2][0]["ref"]  # its near-copy is the nearest
+    after = {(u, v): a["weight"] for u, v, a in graph.edges("sim") if node not in (u, v)}
+    assert after == before  # no existing edge moved
+    assert "/data/new" not in graph.profiled
+    with pytest.raises(ValueError, match="expected 17"):
+        graph.add_dataset("/data/bad", [1.0, 2.0])
+    with pytest.raises(ValueError, match="non-finite"):
+        graph.add_dataset("/data/bad", np.full(17, np.nan))
+
+
+def test_add_records_idempotent_skips_failed_and_names_unknowns(graph, ref):
+    records = ref[0]
+    n = len(graph.edges("perf"))
+    graph.add_records(records)  # the same job ids again: nothing changes
+    assert len(graph.edges("perf")) == n
+    d = graph.profiled[0]
+    assert all(len(r) == 2 for r in graph.runs(d).values())
+    graph.add_records([{**records[0], "job_id": "failed1", "status": "failed", "metrics": {}}])
+    assert len(graph.runs(d)[records[0]["job"]["model"]]) == 2
+    bad = {**records[0], "job_id": "x", "job": {**records[0]["job"], "model": "zoo:missing"}}
+    with pytest.raises(ValueError, match="zoo:missing"):
+        graph.add_records([bad])
+    # a new measurement on an unprofiled dataset makes it profiled and re-normalises it
+    u = next(x for x in graph.datasets if x not in graph.profiled)
+    new = [{**records[0], "job_id": f"u{i}", "job": {**records[0]["job"], "dataset": u, "model": m},
+            "metrics": {"heldout_loss": 0.1 + 0.01 * i, "zero_shot_loss": 0.2}} for i, m in enumerate(graph.models[:3])]
+    graph.add_records(new)
+    assert u in graph.profiled
+    assert graph.scores(u) == pytest.approx({graph.models[0]: 1.0, graph.models[1]: 0.5, graph.models[2]: 0.0})
+
+
+def test_json_round_trip_is_exact(graph):
+    graph.add_dataset("/data/new", graph.vector(graph.datasets[0]) * 0.9)
+    d = json.loads(json.dumps(graph.to_json()))
+    g2 = MatchingGraph.from_json(d)
+    assert g2.to_json() == graph.to_json()
+    assert g2.scores(graph.profiled[0]) == graph.scores(graph.profiled[0])
+    assert g2.nearest("/data/new") == graph.nearest("/data/new")
+    with pytest.raises(ValueError, match="not a MatchingGraph"):
+        MatchingGraph.from_json({"nodes": []})
+
+
+def test_bad_reference_input(ref):
+    records, models, datasets = ref
+    with pytest.raises(ValueError, match="vector has 3 values"):
+        MatchingGraph.from_reference(records, models, datasets[:1] + [{**datasets[1], "vector": [1, 2, 3]}])
+    with pytest.raises(ValueError, match="appears twice"):
+        MatchingGraph.from_reference([], models, datasets[:2] + datasets[:1])
+    with pytest.raises(ValueError, match="is not in the graph"):
+        MatchingGraph.from_reference(records, models[:2], datasets)

@@ -1,0 +1,146 @@
+"""Selector and embeddings: fit/predict, inductive new datasets, the leakage guard, bad input."""
+import numpy as np
+import pytest
+
+from mandc.embed import Node2VecConfig, Node2VecEmbedder, SageConfig, SageEmbedder
+from mandc.graph import MatchingGraph
+from mandc.select import Selector, SelectorConfig
+from synthetic_reference import make_reference
+
+FAST = dict(sage={"epochs": 25}, node2vec={"walks_per_node": 3, "epochs": 2}, n_estimators=40)
+
+
+@pytest.fixture(scope="module")
+def ref():
+    return make_reference(n_families=3, per_family=4, n_profiled=3, n_models=5, seed=1)
+
+
+@pytest.fixture(scope="module")
+def graph(ref):
+    return MatchingGraph.from_reference(*ref, k=3)
+
+
+def _perturbed(ref, dataset, seed=0):
+    """The reference with ``dataset``'s held-out losses shuffled across models and rescaled."""
+    records, models, datasets = ref
+    rng = np.random.default_rng(seed)
+    mine = [r for r in records if r["job"]["dataset"] == dataset]
+    losses = rng.permutation([r["metrics"]["heldout_loss"] for r in mine]) * 3.0
+    new = [dict(r) for r in records]
+    it = iter(losses)
+    for r in new:
+        if r["job"]["dataset"] == dataset:
+            r["metrics"] = {**r["metrics"], "heldout_loss": float(next(it))}
+    return new, models, datasets
+
+
+def test_sage_learns_and_is_inductive(graph, ref):
+    emb = SageEmbedder(SageConfig(epochs=60)).fit(graph, seed=0)
+    assert emb.history[-1] < emb.history[0]
+    g = graph.copy()
+    g.add_dataset("/new/target", np.asarray(ref[2][0]["vector"]) * 1.01)  # a node the GNN never saw
+    zm, zd = emb.embed(g)
+    assert set(zd) == set(g.datasets) and zd["/new/target"].shape == (32,)
+    assert np.all(np.isfinite(zd["/new/target"]))
+    # hiding a dataset's perf edges changes its embedding (the edges are used), batched = single
+    d = graph.profiled[0]
+    (zm1, zd1), (zm2, zd2) = emb.embed_many(graph, [[], [d]])
+    assert not np.allclose(zd1[d], zd2[d])
+    assert np.allclose(emb.embed(graph, hide=[d])[1][d], zd2[d], atol=1e-6)
+
+
+def test_node2vec_is_transductive(graph):
+    n2v = Node2VecEmbedder(Node2VecConfig(walks_per_node=3, epochs=2)).fit(graph, seed=0)
+    zm, zd = n2v.embed(graph)
+    assert len(zm) == len(graph.models) and len(zd) == len(graph.datasets)
+    g = graph.copy()
+    g.add_dataset("/new/target", graph.vector(graph.datasets[0]))
+    with pytest.raises(KeyError, match="transductive"):
+        n2v.embed(g)
+
+
+@pytest.mark.parametrize("embedding", ["sage", "node2vec", "none"])
+def test_fit_predict_and_explain(graph, embedding):
+    d = graph.profiled[4]
+    h = graph.without_performance(d)
+    sel = Selector(SelectorConfig(embedding=embedding, **FAST)).fit(h)
+    pred = sel.predict(h, d)
+    assert set(pred) == set(graph.models) and all(np.isfinite(list(pred.values())))
+    names = sel.feature_names_
+    assert ("e.link" in names) == (embedding != "none") and "n.knn_score" in names and "p.mix_cos" in names
+    ex = sel.explain(h, d)
+    assert len(ex["nearest"]) == 5 and all(r in h.profiled for r, _ in ex["nearest"])
+    assert set(ex["winners"]) == {r for r, _ in ex["nearest"]}
+
+
+def test_selector_beats_random_on_synthetic(graph):
+    """The synthetic matrix is learnable from the features: mean regret well under a random pick's."""
+    regrets, random_regrets = [], []
+    for d in graph.profiled[::2]:
+        h = graph.without_performance(d)
+        pred = Selector(SelectorConfig(**FAST)).fit(h).predict(h, d)
+        sc = graph.scores(d)
+        regrets.append(1 - sc[max(pred, key=pred.get)])
+        random_regrets.append(1 - np.mean(list(sc.values())))
+    assert np.mean(regrets) < 0.6 * np.mean(random_regrets)
+
+
+@pytest.mark.parametrize("embedding", ["sage", "node2vec"])
+def test_leakage_guard(ref, embedding):
+    """A held-out dataset's performance edges never reach its own prediction: shuffling its measured
+    losses leaves the LODO prediction bit-identical — while a selector fitted on the full graph does
+    see them (so the check has the power to fail)."""
+    d = ref[2][4]["ref"]
+    g1 = MatchingGraph.from_reference(*ref, k=3)
+    g2 = MatchingGraph.from_reference(*_perturbed(ref, d), k=3)
+    assert g1.scores(d) != g2.scores(d)
+    cfg = SelectorConfig(embedding=embedding, probe=True, **FAST)
+    probe = g1.zero_shot(d)  # the probe is not a performance edge: the same for both
+    p1 = Selector(cfg).fit(g1.without_performance(d)).predict(g1.without_performance(d), d, probe=probe)
+    p2 = Selector(cfg).fit(g2.without_performance(d)).predict(g2.without_performance(d), d, probe=probe)
+    assert p1 == p2
+    # predict() itself hides the target's edges from GraphSAGE: a graph that still holds them gives
+    # the same answer as the LODO graph
+    if embedding == "sage":
+        sel = Selector(cfg).fit(g1.without_performance(d))
+        assert sel.predict(g1, d, probe=probe) == sel.predict(g2, d, probe=probe)
+    leaky1 = Selector(cfg).fit(g1).predict(g1, d, probe=probe)
+    leaky2 = Selector(cfg).fit(g2).predict(g2, d, probe=probe)
+    assert leaky1 != leaky2
+
+
+def test_bad_input(graph):
+    with pytest.raises(ValueError, match="embedding must be"):
+        SelectorConfig(embedding="gat")
+    with pytest.raises(ValueError, match="objective must be"):
+        SelectorConfig(objective="classify")
+    d = graph.profiled[0]
+    h = graph.without_performance(d)
+    sel = Selector(SelectorConfig(embedding="none", probe=True, n_estimators=20)).fit(h)
+    with pytest.raises(ValueError, match="zero-shot probe"):
+        sel.predict(h, d)
+    with pytest.raises(RuntimeError, match="before fit"):
+        Selector().predict(h, d)
+    tiny = MatchingGraph.from_reference([], [{"ref": "zoo:a", "features": {"x": 1.0}}],
+                                        [{"ref": "builtin:a", "vector": [1.0, 2.0]}, {"ref": "builtin:b", "vector": [2.0, 1.0]}], k=1)
+    with pytest.raises(ValueError, match="at least 2 profiled"):
+        Selector().fit(tiny)
+
+
+def test_regressor_and_both_objectives(graph):
+    d = graph.profiled[1]
+    h = graph.without_performance(d)
+    for obj in ("regress", "both"):
+        pred = Selector(SelectorConfig(embedding="none", objective=obj, n_estimators=30)).fit(h).predict(h, d)
+        assert set(pred) == set(graph.models)
+
+
+@pytest.mark.parametrize("embedding", ["sage", "node2vec"])
+def test_deterministic_across_a_json_round_trip(graph, embedding):
+    """Same seed, same graph content (rebuilt from JSON, so networkx's neighbour order may differ):
+    the same prediction, bit for bit (parallel evaluation ships graphs to workers as JSON)."""
+    d = graph.profiled[3]
+    h = graph.without_performance(d)
+    h2 = MatchingGraph.from_json(h.to_json())
+    cfg = SelectorConfig(embedding=embedding, **FAST)
+    assert Selector(cfg).fit(h).predict(h, d) == Selector(cfg).fit(h2).predict(h2, d)
