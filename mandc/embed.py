@@ -54,13 +54,15 @@ def model_matrix(graph: MatchingGraph, names: list[str] | None = None) -> np.nda
     return np.array([[graph.model_features(m).get(k, 0.0) for k in names] for m in graph.models], dtype=np.float64)
 
 
-def positive_pairs(graph: MatchingGraph, pos_top: int) -> set[tuple[str, str]]:
-    """``(model, dataset)`` pairs where the model ranks among the ``pos_top`` best of a profiled dataset."""
+def positive_pairs(graph: MatchingGraph, pos_top: int, pos_score: float = 1.0) -> set[tuple[str, str]]:
+    """``(model, dataset)`` pairs where the model ranks among the ``pos_top`` best of a profiled dataset
+    or reaches a normalised score ``≥ pos_score`` there (near-ties of the best)."""
     out = set()
     for d in graph.profiled:
         sc = graph.scores(d)
-        for m in sorted(sc, key=lambda m: (-sc[m], m))[:pos_top]:
-            out.add((m, d))
+        for i, m in enumerate(sorted(sc, key=lambda m: (-sc[m], m))):
+            if i < pos_top or sc[m] >= pos_score:
+                out.add((m, d))
     return out
 
 
@@ -77,7 +79,7 @@ class GraphTensors:
     pos: torch.Tensor
 
     @classmethod
-    def from_graph(cls, graph: MatchingGraph, pos_top: int, use_data_edges: bool = True) -> "GraphTensors":
+    def from_graph(cls, graph: MatchingGraph, pos_top: int, use_data_edges: bool = True, pos_score: float = 1.0) -> "GraphTensors":
         models, datasets = graph.models, graph.datasets
         xm = model_matrix(graph)
         sd = xm.std(0)
@@ -87,7 +89,7 @@ class GraphTensors:
         mi = {m: i for i, m in enumerate(models)}
         sim = [(di[u[2:]], di[v[2:]]) for u, v, _ in graph.edges("sim")] if use_data_edges else []
         sim = sim + [(b, a) for a, b in sim]
-        pos = sorted((mi[m], di[d]) for m, d in positive_pairs(graph, pos_top))
+        pos = sorted((mi[m], di[d]) for m, d in positive_pairs(graph, pos_top, pos_score))
         as_edges = lambda pairs: torch.tensor(pairs, dtype=torch.long).reshape(-1, 2).T.contiguous()  # noqa: E731
         return cls(models, datasets, torch.tensor(xm, dtype=torch.float32), torch.tensor(xd, dtype=torch.float32),
                    as_edges(sim), as_edges(pos))
@@ -104,7 +106,8 @@ class SageConfig:
     lr: float = 0.02
     weight_decay: float = 1e-4
     dropout: float = 0.1        # on the encoded inputs
-    pos_top: int = 3            # positives: the top-k models of each profiled dataset
+    pos_top: int = 3            # positives: the top-k models of each profiled dataset ...
+    pos_score: float = 1.0      # ... and any model with normalised score ≥ this (1.0: only exact ties)
     neg_threshold: float = 0.5  # negatives: normalised score below this
     mask_frac: float = 0.25     # fraction of profiled datasets whose perf edges each epoch hides
     use_data_edges: bool = True  # False: no (dataset, sim, dataset) relation (the ablation)
@@ -166,13 +169,13 @@ class SageEmbedder:
         cfg = self.cfg
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
-        t = GraphTensors.from_graph(graph, cfg.pos_top, cfg.use_data_edges)
+        t = GraphTensors.from_graph(graph, cfg.pos_top, cfg.use_data_edges, cfg.pos_score)
         di = {d: i for i, d in enumerate(t.datasets)}
         mi = {m: i for i, m in enumerate(t.models)}
         profiled = [di[d] for d in graph.profiled]
         if not profiled:
             raise ValueError("the graph has no performance edges to learn from")
-        pos = positive_pairs(graph, cfg.pos_top)
+        pos = positive_pairs(graph, cfg.pos_top, cfg.pos_score)
         pairs, labels = [], []  # every supervised (model, dataset) pair with its 0/1 label
         for d in graph.profiled:
             for m, s in graph.scores(d).items():
@@ -210,7 +213,7 @@ class SageEmbedder:
             raise RuntimeError("SageEmbedder.embed before fit")
         if model_feature_names(graph) != self._feature_names:
             raise ValueError("the graph's model features differ from those the embedder was trained on")
-        t = GraphTensors.from_graph(graph, self.cfg.pos_top, self.cfg.use_data_edges)
+        t = GraphTensors.from_graph(graph, self.cfg.pos_top, self.cfg.use_data_edges, self.cfg.pos_score)
         hidden = torch.tensor([[d in set(h) for d in t.datasets] for h in hides], dtype=torch.bool).reshape(len(hides), -1)
         zm, zd = _batched_forward(self.net, t, hidden)
         zm, zd = zm.numpy(), zd.numpy()
@@ -252,6 +255,7 @@ class Node2VecConfig:
     batch: int = 2048
     lr: float = 0.03
     pos_top: int = 3
+    pos_score: float = 1.0
     use_data_edges: bool = True
 
 
@@ -275,7 +279,7 @@ class Node2VecEmbedder:
             for u, v, a in graph.edges("sim"):
                 w = max(float(a["weight"]), 0.05)
                 adj[idx[u]][idx[v]] = adj[idx[v]][idx[u]] = w
-        for m, d in sorted(positive_pairs(graph, self.cfg.pos_top)):
+        for m, d in sorted(positive_pairs(graph, self.cfg.pos_top, self.cfg.pos_score)):
             adj[idx[f"m:{m}"]][idx[f"d:{d}"]] = adj[idx[f"d:{d}"]][idx[f"m:{m}"]] = 1.0
         return nodes, adj
 
