@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=5, help="selector seeds (≥ 5 for the reported numbers)")
-    ap.add_argument("--graph", default=None, help="MatchingGraph JSON, store export or SQLite store (default: the shipped reference)")
+    ap.add_argument("--graph", default=None, help="MatchingGraph JSON, store export, SQLite store or reference folder (default: the shipped reference)")
     ap.add_argument("--workers", type=int, default=None, help="parallel processes (default: min(seeds, cores))")
     ap.add_argument("--selectors", default=None, help="comma-separated subset of selectors (default: all)")
     ap.add_argument("--json", dest="json_path", default=None, help="also write the JSON result to this file")

@@ -330,7 +330,8 @@ def evaluate(graph: MatchingGraph, seeds: int = 5, selectors=SELECTOR_NAMES, bas
 
 
 def load_graph(path: str | None = None, k: int = 5) -> MatchingGraph:
-    """The graph to evaluate: a MatchingGraph JSON file, a SQLite store, or (None) the shipped reference."""
+    """The graph to evaluate: a MatchingGraph JSON file, a store export, a SQLite store, a reference folder
+    (``records.jsonl``, ``models.jsonl``, ``datasets.jsonl``) or (None) the shipped reference."""
     import json
     from pathlib import Path
 
@@ -339,6 +340,10 @@ def load_graph(path: str | None = None, k: int = 5) -> MatchingGraph:
 
         return MatchingGraph.from_reference(*load_reference(), k=k)
     p = Path(path)
+    if p.is_dir():  # a reference folder (records.jsonl, models.jsonl, datasets.jsonl)
+        from data.reference import load_reference
+
+        return MatchingGraph.from_reference(*load_reference(p), k=k)
     if not p.is_file():
         raise FileNotFoundError(f"graph file {p} does not exist")
     with open(p, "rb") as f:

@@ -175,14 +175,18 @@ class MatchingGraph:
         for e in edges:
             e["weight"] = 1.0 if hi - lo <= 1e-12 * max(abs(hi), 1.0) else (hi - e["raw"]) / (hi - lo)
 
-    def without_performance(self, dataset_ref: str) -> "MatchingGraph":
-        """A deep copy with every perf edge of ``dataset_ref`` removed (its node and sim edges stay).
-        This is what leave-one-dataset-out gives the selector: nothing measured on that dataset."""
-        if not self.G.has_node(_dref(dataset_ref)):
-            raise KeyError(f"dataset {dataset_ref!r} is not in the graph")
+    def without_performance(self, dataset_ref) -> "MatchingGraph":
+        """A deep copy with every perf edge of ``dataset_ref`` (a ref, or a list of refs) removed; the
+        nodes and their sim edges stay. This is what leave-one-dataset-out gives the selector: nothing
+        measured on that dataset."""
+        refs = [dataset_ref] if isinstance(dataset_ref, str) else list(dataset_ref)
+        missing = [r for r in refs if not self.G.has_node(_dref(r))]
+        if missing:
+            raise KeyError(f"dataset {missing[0]!r} is not in the graph")
         G = copy.deepcopy(self.G)
-        node = _dref(dataset_ref)
-        G.remove_edges_from([(node, n) for n in list(G.neighbors(node)) if G.edges[node, n]["kind"] == "perf"])
+        for r in refs:
+            node = _dref(r)
+            G.remove_edges_from([(node, n) for n in list(G.neighbors(node)) if G.edges[node, n]["kind"] == "perf"])
         return MatchingGraph(G)
 
     def copy(self) -> "MatchingGraph":

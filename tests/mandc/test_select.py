@@ -144,3 +144,25 @@ def test_deterministic_across_a_json_round_trip(graph, embedding):
     h2 = MatchingGraph.from_json(h.to_json())
     cfg = SelectorConfig(embedding=embedding, **FAST)
     assert Selector(cfg).fit(h).predict(h, d) == Selector(cfg).fit(h2).predict(h2, d)
+
+
+def test_crossfit_rows_never_see_their_own_labels(ref):
+    """With crossfit, a training dataset's embedding comes from a GNN that never saw its perf edges:
+    shuffling that dataset's losses leaves it unchanged (without crossfit it changes: the GNN was
+    trained on them)."""
+    d = ref[2][5]["ref"]
+    g1 = MatchingGraph.from_reference(*ref, k=3)
+    g2 = MatchingGraph.from_reference(*_perturbed(ref, d), k=3)
+    cfg = SelectorConfig(crossfit=3, sage={"epochs": 10})
+    rows = []
+    for g in (g1, g2):
+        sel = Selector(cfg)
+        sel.embedder = SageEmbedder(SageConfig(epochs=10)).fit(g, seed=0)
+        oof = dict(zip(g.profiled, sel._crossfit_embeddings(g, g.profiled)))
+        rows.append((oof[d], sel.embedder.embed(g, hide=[d])))
+    (oof1, in1), (oof2, in2) = rows
+    assert all(np.array_equal(oof1[1][x], oof2[1][x]) for x in (d,)) and all(
+        np.array_equal(oof1[0][m], oof2[0][m]) for m in oof1[0])
+    assert not np.allclose(in1[1][d], in2[1][d])
+    with pytest.raises(ValueError, match="crossfit needs emb_vectors=False"):
+        SelectorConfig(crossfit=2, emb_vectors=True)
