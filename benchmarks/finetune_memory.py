@@ -1,6 +1,6 @@
 """Peak memory, step time and held-out loss of every fine-tuning method on one model, side by side.
 
-    python benchmarks/finetune_memory.py [--json FILE]            # ~25M-param pixel UNet + MiniLM, 32×32
+    python benchmarks/finetune_memory.py [--json FILE]            # ~60M-param pixel UNet + MiniLM, 32×32
     python benchmarks/finetune_memory.py --sd15 [--json FILE]     # SD 1.5 scale (random weights), 512×512
 
 Each measurement runs in a fresh Python process (``--worker``), so no run inherits another's allocator
@@ -51,7 +51,7 @@ DIT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
 
 # ------------------------------------------------------------------------------------------- models
 def build_model(kind: str, seed: int = 0):
-    """A seeded random ``T2IModel``: ``unet`` (~25M pixel UNet), ``dit`` (~28M PixArt), or ``sd15``."""
+    """A seeded random ``T2IModel``: ``unet`` (~60M pixel UNet), ``dit`` (~28M PixArt), or ``sd15``."""
     import torch
     from diffusers import DDPMScheduler, PixArtTransformer2DModel, UNet2DConditionModel
     from transformers import AutoTokenizer, BertModel
@@ -68,7 +68,7 @@ def build_model(kind: str, seed: int = 0):
     tok.model_max_length = PROMPT_TOKENS
     te = BertModel.from_pretrained(minilm_path())
     if kind == "unet":
-        den = {"unet": UNet2DConditionModel(**unet((128, 256, 256), attention=(False, True, True), layers=1,
+        den = {"unet": UNet2DConditionModel(**unet((192, 384, 384), attention=(False, True, True), layers=1,
                                                    head_dim=32, groups=32))}
     else:
         den = {"transformer": PixArtTransformer2DModel(**dit(512, 6, heads=8, patch=2))}
@@ -275,7 +275,7 @@ def main(argv=None) -> dict:
 
     out = {"device": "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu:{platform.processor() or platform.machine()}:{os.cpu_count()} cores",
            "model": "sd15 (UNet 860M, CLIP-L text, VAE; random weights; 512x512, batch 1)" if args.sd15 else
-                    "pixel UNet ~25M + MiniLM text encoder, 32x32, random weights",
+                    "pixel UNet ~60M + MiniLM text encoder, 32x32, random weights",
            "steps": args.steps, "batch_size": bs, "methods": {}, "optimizer": {}, "qta": {},
            "inference_peak_mem_bytes": None}
     t0 = time.perf_counter()

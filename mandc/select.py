@@ -36,6 +36,12 @@ the target's edges as well, so even a graph that still holds them cannot leak th
 The predictor is ``LGBMRanker`` (lambdarank, one group per dataset, integer relevance from the
 normalised score) or ``LGBMRegressor`` on the normalised score, or both (their per-dataset ranks are
 averaged). The output is higher-is-better.
+
+With ``knn_init = λ > 0`` (default 3) boosting starts from the graph's neighbour prior instead of zero:
+every row's initial score is ``λ · knn_score`` (LightGBM's ``init_score``, added back at prediction),
+so the trees learn corrections to "what won on the most similar datasets" rather than a ranking from
+scratch, which ~340 rows cannot support well. Measured (LODO, 2 seeds, GraphSAGE with crossfit):
+top-1 70.3% → 73.4%, regret 0.0274 → 0.0247. Without neighbour features it has no effect.
 """
 from __future__ import annotations
 
@@ -63,6 +69,7 @@ class SelectorConfig:
     objective: str = "rank"          # "rank" (LGBMRanker) | "regress" (LGBMRegressor) | "both"
     label: str = "score"             # ranker relevance: "score" = floor(4·score) (0..4), "rank" = 3/2/1 for the top 3
     knn: int = 5                     # neighbours for the neighbour features
+    knn_init: float = 3.0            # > 0: boost from the neighbour prior, init score = knn_init · n.knn_score
     seed: int = 0                    # GNN init/masks, node2vec walks, LightGBM bagging
     # LightGBM: ~340 rows (31 datasets × 11 models) and ~95 columns, so many shallow, slow trees that
     # each see 30% of the columns (chosen on the reference by M&C's own LODO regret; with the probe,
@@ -268,15 +275,24 @@ class Selector:
                       colsample_bytree=cfg.colsample(), reg_lambda=cfg.reg_lambda, random_state=cfg.seed,
                       n_jobs=1, verbose=-1)
         self._lgbm = []
+        init = self._init_score(X)
         if cfg.objective in ("rank", "both"):
             r = lgb.LGBMRanker(objective="lambdarank", **common)
-            r.fit(X, np.concatenate(yr), group=groups)
+            r.fit(X, np.concatenate(yr), group=groups, init_score=init)
             self._lgbm.append(r)
         if cfg.objective in ("regress", "both"):
             r = lgb.LGBMRegressor(objective="regression", **common)
-            r.fit(X, np.concatenate(y))
+            r.fit(X, np.concatenate(y), init_score=init)
             self._lgbm.append(r)
         return self
+
+    def _init_score(self, X: np.ndarray):
+        """``knn_init · n.knn_score`` per row (None when off): the trees then learn corrections to
+        the graph's neighbour prior instead of a ranking from scratch."""
+        if self.cfg.knn_init <= 0 or "n.knn_score" not in self.feature_names_:
+            return None
+        k = X[:, self.feature_names_.index("n.knn_score")]
+        return self.cfg.knn_init * np.nan_to_num(k, nan=0.5)
 
     def _crossfit_embeddings(self, graph: MatchingGraph, profiled: list[str]) -> list:
         """Out-of-fold GraphSAGE embeddings for the training rows: the profiled datasets are split into
@@ -318,7 +334,8 @@ class Selector:
         """Model ref → predicted score for ``dataset_ref`` (higher = better). ``probe``: model ref →
         zero-shot loss on the target (required when the config uses the probe)."""
         models, _, X = self.features(graph, dataset_ref, probe)
-        preds = [np.asarray(r.predict(X), dtype=np.float64) for r in self._lgbm]
+        init = self._init_score(X)
+        preds = [np.asarray(r.predict(X), dtype=np.float64) + (0.0 if init is None else init) for r in self._lgbm]
         if len(preds) == 1:
             out = preds[0]
         else:  # average of per-dataset ranks (0 = worst) of ranker and regressor

@@ -166,3 +166,18 @@ def test_crossfit_rows_never_see_their_own_labels(ref):
     assert not np.allclose(in1[1][d], in2[1][d])
     with pytest.raises(ValueError, match="crossfit needs emb_vectors=False"):
         SelectorConfig(crossfit=2, emb_vectors=True)
+
+
+def test_knn_init_boosts_from_the_neighbour_prior(graph):
+    """With a vanishing learning rate the trees add nothing, so the ranking is the neighbour prior's;
+    with knn_init=0 the same trees give (near-)constant scores."""
+    d = graph.profiled[0]
+    h = graph.without_performance(d)
+    cfg = SelectorConfig(embedding="none", learning_rate=1e-9, n_estimators=5, knn_init=3.0)
+    sel = Selector(cfg).fit(h)
+    models, names, X = sel.features(h, d)
+    knn = X[:, names.index("n.knn_score")]
+    pred = sel.predict(h, d)
+    assert np.allclose([pred[m] for m in models], 3.0 * knn, atol=1e-6)
+    flat = Selector(SelectorConfig(embedding="none", learning_rate=1e-9, n_estimators=5, knn_init=0.0)).fit(h).predict(h, d)
+    assert np.ptp(list(flat.values())) < 1e-6 < np.ptp(knn)
