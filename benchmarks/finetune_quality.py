@@ -30,10 +30,12 @@ SCALE_VARIANTS = {
     "tuneqdm-timesteps-only": ("tuneqdm", {"separable": False}),
 }
 ZO_VARIANTS = {
-    "zo-ti": {},
-    "zo-ti-no-subspace": {"subspace": False},
-    "zo-ti-no-timestep-sampling": {"partial_timesteps": False},
-    "zo-ti-plain": {"subspace": False, "partial_timesteps": False},
+    "zo-ti": ("zo-ti", {}),
+    "zo-ti-no-subspace": ("zo-ti", {"subspace": False}),
+    "zo-ti-no-timestep-sampling": ("zo-ti", {"partial_timesteps": False}),
+    "zo-ti-plain": ("zo-ti", {"subspace": False, "partial_timesteps": False}),
+    # the ceiling: backprop textual inversion, full precision, same steps and Adam lr as zo-ti
+    "ti-backprop": ("ti", {"lr": 5e-3}),
 }
 
 
@@ -68,18 +70,19 @@ def scales_experiment(models, datasets, seeds, steps, lr, bits) -> dict:
     return summary
 
 
-def zo_experiment(models, subject, seeds, steps, initializer) -> dict:
+def zo_experiment(models, subject, seeds, steps, initializer, variants=tuple(ZO_VARIANTS)) -> dict:
     from finetune.model import T2IModel
     from finetune.runner import run
 
     rows = {}
     for model in models:
         for seed in seeds:
-            for name, extra in ZO_VARIANTS.items():
+            for name in variants:
+                method, extra = ZO_VARIANTS[name]
                 cfg = {"steps": steps, "seed": seed, "checkpoint_every": 0, "template": "a photo of {token}",
                        "initializer": initializer, **extra}
                 with tempfile.TemporaryDirectory() as d:
-                    res = run(T2IModel.from_pretrained(model), subject, "zo-ti", cfg, d, force=True)
+                    res = run(T2IModel.from_pretrained(model), subject, method, cfg, d, force=True)
                 rows.setdefault(name, []).append({"model": model, "seed": seed, "before": res.heldout_loss_before,
                                                   "after": res.heldout_loss_after})
                 print(f"  {model} seed {seed} {name:28s} {res.heldout_loss_before:.4f} → {res.heldout_loss_after:.4f}",
@@ -112,6 +115,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--subject-images", type=int, default=5)
     ap.add_argument("--initializer", default="cat")
     ap.add_argument("--zo-steps", type=int, default=600)
+    ap.add_argument("--zo-variants", nargs="*", default=list(ZO_VARIANTS), choices=list(ZO_VARIANTS),
+                    help="zeroth-order TI variants to run (default: all, with the backprop TI ceiling)")
+    ap.add_argument("--seed-offset", type=int, default=0, help="first seed (to add seeds to an earlier run)")
     ap.add_argument("--skip", nargs="*", default=[], help="scales and/or zo")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -122,7 +128,7 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(1)
     models = args.models or [f"zoo:{s.name}" for s in zoo.list_zoo() if s.family == "unet"][:2]
-    seeds = list(range(args.seeds))
+    seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
     out = {"models": models, "seeds": seeds}
     t0 = time.perf_counter()
     if "scales" not in args.skip:
@@ -132,7 +138,7 @@ def main(argv=None) -> dict:
     if "zo" not in args.skip:
         print("zeroth-order TI:", file=sys.stderr)
         subject = subject_dataset(args.subject, args.subject_images)
-        out["zo"] = zo_experiment(models, subject, seeds, args.zo_steps, args.initializer)
+        out["zo"] = zo_experiment(models, subject, seeds, args.zo_steps, args.initializer, args.zo_variants)
         out["zo_setup"] = {"subject": subject.ref, "steps": args.zo_steps, "initializer": args.initializer}
     out["wall_s"] = round(time.perf_counter() - t0, 1)
 
@@ -147,7 +153,7 @@ def main(argv=None) -> dict:
     if "zo" in out:
         print(f"\n### zeroth-order TI ({len(models)} models × {len(seeds)} seeds, {args.zo_steps} steps)\n")
         print("| variant | initializer loss | learned loss | relative drop |\n|---|---:|---:|---:|")
-        for name in ZO_VARIANTS:
+        for name in args.zo_variants:
             r = out["zo"][name]
             print(f"| {name} | {r['initializer_loss']:.4f} | {r['learned_loss']:.4f} | {r['relative_drop']:.1%} |")
     if args.json:
