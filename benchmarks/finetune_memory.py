@@ -4,9 +4,11 @@
     python benchmarks/finetune_memory.py --sd15 [--json FILE]     # SD 1.5 scale (random weights), 512×512
 
 Each measurement runs in a fresh Python process (``--worker``), so no run inherits another's allocator
-state. Memory is ``finetune.run``'s ``peak_mem_bytes``: on CUDA the allocator's peak, on CPU the peak RSS
-(``VmHWM``), both above the footprint before the model was built and measured from the moment the model
-is prepared (quantized / adapters added) to the end of training; glibc's mmap threshold is pinned
+state. Memory is ``finetune.run``'s ``peak_mem_bytes`` (on CUDA the allocator's peak, on CPU the peak RSS,
+``VmHWM``, measured from the moment the model is prepared — quantized / adapters added — to the end of
+training, above the footprint at ``run``'s entry) plus what the built full-precision model occupied at
+that entry (``model_bytes``): so every figure is above the worker's footprint *before the model was
+built*, the same base as the inference row, and a quantizing method is credited with what it frees; glibc's mmap threshold is pinned
 (``MALLOC_MMAP_THRESHOLD_``) so freed tensors return to the OS and RSS tracks live memory.
 
 Sections of the JSON:
@@ -123,18 +125,26 @@ def bench_data(kind: str, n_train: int):
 def worker_train(args) -> dict:
     import torch
 
-    from finetune.memory import PeakMemory
+    from finetune.memory import current_rss_bytes
     from finetune.runner import run
 
     torch.manual_seed(0)
     cfg = json.loads(args.config)
-    with PeakMemory("cuda" if torch.cuda.is_available() else "cpu") as outer:
-        model = build_model(args.model)
-    del outer
+    cuda = torch.cuda.is_available()
+    footprint = (lambda: torch.cuda.memory_allocated()) if cuda else current_rss_bytes  # noqa: E731
     ds = bench_data(args.model, args.n_train)
+    # the libraries build_model uses, imported before the footprint is taken (they are not the model)
+    from diffusers import AutoencoderKL, PixArtTransformer2DModel, StableDiffusionPipeline, UNet2DConditionModel  # noqa: F401
+    from transformers import AutoTokenizer, BertModel, CLIPTextModel  # noqa: F401
+
+    pre = footprint()
+    model = build_model(args.model)
+    # run() meters from its own entry, where the full-precision model is already resident; the figure we
+    # report is above the footprint *before* the model was built (a quantizing method frees most of it)
+    model_bytes = footprint() - pre
     with tempfile.TemporaryDirectory() as d:
         res = run(model, ds, args.method, cfg, d, evaluate_loss=not args.no_eval, force=True)
-    return {"peak_mem_bytes": res.peak_mem_bytes, "load_peak_bytes": res.load_peak_bytes, "step_s": res.step_s,
+    return {"peak_mem_bytes": res.peak_mem_bytes + model_bytes, "model_bytes": model_bytes, "load_peak_bytes": res.load_peak_bytes, "step_s": res.step_s,
             "trainable_params": res.trainable_params, "final_heldout_loss": res.heldout_loss_after,
             "heldout_loss_before": res.heldout_loss_before, "final_train_loss": sum(res.losses[-5:]) / min(5, len(res.losses)),
             "losses": res.losses, "mem_method": res.mem_method, "device": res.device,
