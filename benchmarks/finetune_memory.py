@@ -15,8 +15,8 @@ Sections of the JSON:
 
 - ``methods``: every registered method with its paper's recipe except the learning rate (one per
   method, below) and ``steps``/``batch_size`` (the same for all);
-- ``inference_peak_mem_bytes``: forward passes only (ZOODiP's n+1 = 3 per step, no autograd) on the
-  model quantized as ``zo-ti`` quantizes it (INT8 denoiser, text encoder, VAE);
+- ``inference_peak_mem_bytes``: forward passes only (ZOODiP's n+1 = 3 per step, no autograd, the
+  methods' batch size) on the model quantized as ``zo-ti`` quantizes it (INT8 denoiser, text encoder, VAE);
 - ``optimizer``: ``full`` with standard bf16 mixed precision (fp32 master, ``fp32_master``) against
   bf16 + remainder bits with the step inside backward (``remainder_in_backward``), and remainders alone;
 - ``qta``: ``lora`` against ``qta-lora`` on a transformer denoiser (PixArt, ~28M params, 256 tokens per
@@ -81,15 +81,30 @@ def offline_clip_tokenizer(folder: Path):
     """A byte-level CLIP tokenizer with no merges (every character a token): enough to drive a memory run
     with real token ids (the embedding table keeps SD's 49,408 rows)."""
     from transformers import CLIPTokenizer
-    from transformers.models.clip.tokenization_clip import bytes_to_unicode
 
-    chars = list(bytes_to_unicode().values())
+    # GPT-2/CLIP's byte → printable-character table (transformers no longer exports bytes_to_unicode)
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + len(cs) - 188)  # the n-th byte outside the printable ranges maps to 256 + n
+    chars = [chr(c) for c in cs]
     vocab = {c: i for i, c in enumerate(chars)}
     vocab.update({c + "</w>": i + len(chars) for i, c in enumerate(chars)})
+    # merges that make a few whole words single tokens (the TI methods need a one-token initializer word)
+    merges = []
+    for word in ("object", "photo"):
+        left = word[0]
+        for i, c in enumerate(word[1:], 1):
+            right = c + "</w>" if i == len(word) - 1 else c
+            merges.append(f"{left} {right}")
+            left = left + right
+            vocab.setdefault(left, len(vocab))
     vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges))
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
 
 
@@ -105,7 +120,7 @@ def build_sd15():
     te_cfg = cfg("text_encoder.json")
     te_cfg.pop("architectures", None)
     te = CLIPTextModel(CLIPTextConfig(**te_cfg))
-    sched = DDPMScheduler(**cfg("scheduler.json"))
+    sched = DDPMScheduler.from_config(cfg("scheduler.json"))  # SD ships a PNDM config: extra keys are ignored
     tok = offline_clip_tokenizer(Path(tempfile.mkdtemp(prefix="clip-tok-")))
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sched,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
@@ -172,17 +187,18 @@ def worker_inference(args) -> dict:
         ds = bench_data(args.model, args.n_train)
         data = encode_train_data(model, ds, Method(model, MethodConfig()))  # captions as prompts
         g = torch.Generator().manual_seed(0)
+        bs = int(json.loads(args.config).get("batch_size", 1))
         times = []
         with torch.no_grad():
             for _ in range(args.steps):
                 t0 = time.perf_counter()
-                i = torch.randint(len(data), (1,), generator=g)
+                i = torch.randint(len(data), (bs,), generator=g)  # the training batch size: same activations
                 x0 = data.x0[i].to(dev)
                 noise = torch.randn(x0.shape, generator=g).to(dev)
-                t = torch.randint(500, 900, (1,), generator=g).to(dev)
+                t = torch.randint(500, 900, (bs,), generator=g).to(dev)
                 x_t = model.scheduler.add_noise(x0, noise, t)
                 for _ in range(3):
-                    model.denoise(x_t, t, model.encode_prompt([data.prompts[int(i)]]))
+                    model.denoise(x_t, t, model.encode_prompt([data.prompts[j] for j in i.tolist()]))
                 times.append(time.perf_counter() - t0)
         meter.sample()
     return {"peak_mem_bytes": meter.peak_bytes, "step_s": sum(times[1:]) / max(1, len(times) - 1),
