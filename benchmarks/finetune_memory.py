@@ -59,6 +59,7 @@ def build_model(kind: str, seed: int = 0):
     from transformers import AutoTokenizer, BertModel
 
     from data.text import minilm_path
+    from finetune.memory import materialize_
     from finetune.model import T2IModel
     from finetune.pipeline import MandcPixelPipeline
     from finetune.zoo.specs import PROMPT_TOKENS, SCHEDULER_CONFIG, dit, unet
@@ -68,7 +69,7 @@ def build_model(kind: str, seed: int = 0):
         return build_sd15()
     tok = AutoTokenizer.from_pretrained(minilm_path())
     tok.model_max_length = PROMPT_TOKENS
-    te = BertModel.from_pretrained(minilm_path())
+    te = materialize_(BertModel.from_pretrained(minilm_path()))  # see finetune.memory.materialize_
     if kind == "unet":
         den = {"unet": UNet2DConditionModel(**unet((192, 384, 384), attention=(False, True, True), layers=1,
                                                    head_dim=32, groups=32))}

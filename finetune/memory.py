@@ -109,3 +109,20 @@ class PeakMemory:
 
 
 __all__ = ["PeakMemory", "current_rss_bytes"]
+
+
+@torch.no_grad()
+def materialize_(module: torch.nn.Module) -> torch.nn.Module:
+    """Give every parameter and buffer of ``module`` its own anonymous memory (in place).
+
+    ``from_pretrained`` maps safetensors files into memory: a weight's pages count toward RSS only once
+    touched, and stay counted while the mapping lives, even after the tensor is replaced (quantized,
+    or an embedding table resized). The CPU meter would then see a quantized model carrying the pages
+    of its full-precision weights. Copying once at load makes RSS track live tensors: a replaced weight
+    is freed for real (measured on MiniLM: INT8-quantized and resized, +154 MiB → +69 MiB above the
+    pre-load footprint). On CUDA weights are already device copies: nothing to do.
+    """
+    for t in list(module.parameters()) + list(module.buffers()):
+        if t.device.type == "cpu":
+            t.data = t.data.clone()
+    return module

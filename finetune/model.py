@@ -80,9 +80,14 @@ class T2IModel:
 
         Raises :class:`finetune.refs.ModelRefError` for a reference that names nothing loadable.
         """
+        from finetune.memory import materialize_
         from finetune.refs import load_pipeline
 
-        return cls(load_pipeline(ref, dtype=dtype).to(device))
+        pipe = load_pipeline(ref, dtype=dtype)
+        for comp in pipe.components.values():
+            if isinstance(comp, torch.nn.Module):
+                materialize_(comp)  # no file-mapped weights: RSS then tracks live tensors (see materialize_)
+        return cls(pipe.to(device))
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         """Write the whole pipeline in diffusers format (``model_index.json`` + one folder per component).

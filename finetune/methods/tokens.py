@@ -12,7 +12,7 @@ EMBEDS_FILE = "learned_embeds.safetensors"
 def _grow_embeddings_(enc, n_tokens: int) -> None:
     """Make room for ``n_tokens`` rows; never shrink (a small tokenizer over a big table keeps the table)."""
     if n_tokens > enc.get_input_embeddings().weight.shape[0]:
-        enc.resize_token_embeddings(n_tokens)
+        enc.resize_token_embeddings(n_tokens, mean_resizing=False)  # the new rows are overwritten anyway
 
 
 def add_placeholder_(model, token: str, initializer: str) -> int:

@@ -155,3 +155,21 @@ def test_save_grid(tmp_path):
     assert captioned.size[1] > 2 * (96 + 2) + 2
     with pytest.raises(ValueError, match="5 images but 2 captions"):
         save_grid(imgs, tmp_path / "x.png", captions=["a", "b"])
+
+
+def test_materialize_copies_weights_into_their_own_memory(tmp_path):
+    """materialize_ keeps every value but gives each tensor fresh storage, so a file-mapped weight (what
+    from_pretrained returns) stops pinning the file's pages once the module replaces it."""
+    from safetensors.torch import load_file, save_file
+
+    from finetune.memory import materialize_
+
+    lin = torch.nn.Linear(64, 32)
+    save_file(lin.state_dict(), tmp_path / "w.safetensors")
+    loaded = torch.nn.Linear(64, 32)
+    loaded.load_state_dict(load_file(tmp_path / "w.safetensors"), assign=True)
+    before = {n: p.untyped_storage().data_ptr() for n, p in loaded.named_parameters()}
+    materialize_(loaded)
+    for n, p in loaded.named_parameters():
+        assert p.untyped_storage().data_ptr() != before[n]
+        assert torch.equal(p, lin.state_dict()[n])
