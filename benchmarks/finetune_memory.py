@@ -4,11 +4,11 @@
     python benchmarks/finetune_memory.py --sd15 [--json FILE]     # SD 1.5 scale (random weights), 512×512
 
 Each measurement runs in a fresh Python process (``--worker``), so no run inherits another's allocator
-state. Memory is ``finetune.run``'s ``peak_mem_bytes`` (on CUDA the allocator's peak, on CPU the peak RSS,
-``VmHWM``, measured from the moment the model is prepared — quantized / adapters added — to the end of
-training, above the footprint at ``run``'s entry) plus what the built full-precision model occupied at
-that entry (``model_bytes``): so every figure is above the worker's footprint *before the model was
-built*, the same base as the inference row, and a quantizing method is credited with what it frees; glibc's mmap threshold is pinned
+state. Memory is the peak over ``finetune.run``'s training window (from the moment the model is prepared —
+quantized / adapters added — to the last step; on CUDA the allocator's peak, on CPU the peak RSS,
+``VmHWM``) above the worker's footprint *before the model was built*: the same base as the inference
+row, so a quantizing method is credited with the full-precision weights it frees (``run``'s own
+``peak_mem_bytes``, kept as ``run_peak_bytes``, is above its entry, where the built model is resident); glibc's mmap threshold is pinned
 (``MALLOC_MMAP_THRESHOLD_``) so freed tensors return to the OS and RSS tracks live memory.
 
 Sections of the JSON:
@@ -141,7 +141,7 @@ def bench_data(kind: str, n_train: int):
 def worker_train(args) -> dict:
     import torch
 
-    from finetune.memory import current_rss_bytes
+    from finetune.memory import PeakMemory, current_rss_bytes
     from finetune.runner import run
 
     torch.manual_seed(0)
@@ -153,14 +153,19 @@ def worker_train(args) -> dict:
     from diffusers import AutoencoderKL, PixArtTransformer2DModel, StableDiffusionPipeline, UNet2DConditionModel  # noqa: F401
     from transformers import AutoTokenizer, BertModel, CLIPTextModel  # noqa: F401
 
-    pre = footprint()
-    model = build_model(args.model)
-    # run() meters from its own entry, where the full-precision model is already resident; the figure we
-    # report is above the footprint *before* the model was built (a quantizing method frees most of it)
-    model_bytes = footprint() - pre
-    with tempfile.TemporaryDirectory() as d:
-        res = run(model, ds, args.method, cfg, d, evaluate_loss=not args.no_eval, force=True)
-    return {"peak_mem_bytes": res.peak_mem_bytes + model_bytes, "model_bytes": model_bytes, "load_peak_bytes": res.load_peak_bytes, "step_s": res.step_s,
+    # run() meters from its own entry, where the full-precision model is already resident, and clamps at
+    # that base; a quantizing method frees most of it. So this outer meter, entered before the model is
+    # built, is read after every training step (run() resets the peak once the model is prepared, so
+    # these readings cover exactly run()'s training window): the peak above the pre-build footprint.
+    with PeakMemory("cuda" if cuda else "cpu") as outer:
+        pre = footprint()
+        model = build_model(args.model)
+        model_bytes = footprint() - pre
+        readings = []
+        with tempfile.TemporaryDirectory() as d:
+            res = run(model, ds, args.method, cfg, d, evaluate_loss=not args.no_eval, force=True,
+                      progress=lambda done, total: readings.append(outer.sample()))
+    return {"peak_mem_bytes": readings[-1], "model_bytes": model_bytes, "run_peak_bytes": res.peak_mem_bytes, "load_peak_bytes": res.load_peak_bytes, "step_s": res.step_s,
             "trainable_params": res.trainable_params, "final_heldout_loss": res.heldout_loss_after,
             "heldout_loss_before": res.heldout_loss_before, "final_train_loss": sum(res.losses[-5:]) / min(5, len(res.losses)),
             "losses": res.losses, "mem_method": res.mem_method, "device": res.device,
