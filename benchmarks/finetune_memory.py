@@ -138,6 +138,15 @@ def bench_data(kind: str, n_train: int):
 
 
 # ------------------------------------------------------------------------------------------- workers
+def import_model_libraries() -> None:
+    """Import what ``build_model`` uses before a worker takes its footprint: libraries are not the model."""
+    from diffusers import AutoencoderKL, PixArtTransformer2DModel, StableDiffusionPipeline, UNet2DConditionModel  # noqa: F401
+    from transformers import AutoTokenizer, BertModel, CLIPTextModel  # noqa: F401
+
+    from finetune.pipeline import MandcPixelPipeline  # noqa: F401
+    from finetune.quant import quantize_  # noqa: F401
+
+
 def worker_train(args) -> dict:
     import torch
 
@@ -149,9 +158,7 @@ def worker_train(args) -> dict:
     cuda = torch.cuda.is_available()
     footprint = (lambda: torch.cuda.memory_allocated()) if cuda else current_rss_bytes  # noqa: E731
     ds = bench_data(args.model, args.n_train)
-    # the libraries build_model uses, imported before the footprint is taken (they are not the model)
-    from diffusers import AutoencoderKL, PixArtTransformer2DModel, StableDiffusionPipeline, UNet2DConditionModel  # noqa: F401
-    from transformers import AutoTokenizer, BertModel, CLIPTextModel  # noqa: F401
+    import_model_libraries()
 
     # run() meters from its own entry, where the full-precision model is already resident, and clamps at
     # that base; a quantizing method frees most of it. So this outer meter, entered before the model is
@@ -182,6 +189,7 @@ def worker_inference(args) -> dict:
     from finetune.runner import encode_train_data
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
+    import_model_libraries()
     with PeakMemory(dev) as meter:
         model = build_model(args.model)
         for module in (model.denoiser, model.text_encoder, model.vae):

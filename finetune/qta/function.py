@@ -25,8 +25,9 @@ gradient before it is quantized. Saved for backward: ``x_q`` (int8, a quarter of
 Weight gradients of the LoRA factors (thin: one side is ``r``), in one of two modes:
 
 * ``"int8"`` (default): INT8 GEMMs too. ``∂L/∂A = σ · s_v · (q(gB·s_x)ᵀ · x_q)`` with ``(gB·s_x)ᵀ``
-  quantized per rank row (over tokens) against the saved ``x_q``; ``∂L/∂B = σ · gᵀh`` from the
-  already-quantized ``u_q`` (``g ≈ s_u·u_q·diag(1/s_w)``) against ``(s_u·h)`` quantized per rank column.
+  quantized per rank row (over tokens) against the saved ``x_q``; ``∂L/∂B = σ · gᵀh`` from
+  ``g_q, s_g = q(g·diag(s_w))`` (quantized on its own, not taken from ``u_q``, whose row scales also
+  cover the LoRA columns) against ``(s_g·h)`` quantized per rank column.
 * ``"fp32"``: the same two products in float32 from the saved int8 activations
   (``σ · (gB · s_x)ᵀ · float(x_q)`` and ``σ · gᵀ h``).
 
@@ -99,11 +100,12 @@ class QTALoRAFunction(torch.autograd.Function):
                 vq, sv = quantize_rowwise((gb * sx).t())                   # [r, N]
                 grad_a = int_mm(vq, xq).float().mul_(sv * scaling)
             if need_b:
-                if uq is None:
-                    uq, su = quantize_rowwise(g * w_scale.float())
-                # gᵀh = diag(1/s_w) · u_qᵀ (s_u·h): quantize s_u·h per rank column (over tokens).
-                hq_t, sh = quantize_rowwise((h * su).t())                    # [r, N]
-                grad_b = int_mm(uq[:, :o].t(), hq_t.t()).float()             # [O, r]
+                # g·diag(s_w) quantized on its own: in u_q the row scale also covers the LoRA columns,
+                # which can dominate once A is large and would cost g its precision (measured: 8% error)
+                gq, sg = quantize_rowwise(g * w_scale.float())
+                # gᵀh = diag(1/s_w) · g_qᵀ (s_g·h): quantize s_g·h per rank column (over tokens).
+                hq_t, sh = quantize_rowwise((h * sg).t())                    # [r, N]
+                grad_b = int_mm(gq.t(), hq_t.t()).float()                    # [O, r]
                 grad_b.mul_(sh.view(1, r)).div_(w_scale.float().view(o, 1)).mul_(scaling)
         else:
             if need_a:

@@ -1,7 +1,6 @@
 """``QTALoRALinear``: an ``nn.Linear`` with INT8 frozen weights and a LoRA adapter trained through INT8 GEMMs."""
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
@@ -59,7 +58,9 @@ class QTALoRALinear(nn.Module):
             self.register_parameter("bias", None)
         self.lora_A = LoRAWeight(r, self.in_features, device=w.device, dtype=w.dtype)
         self.lora_B = LoRAWeight(self.out_features, r, device=w.device, dtype=w.dtype)
-        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        # A ~ N(0, 1/r²), B = 0: the init of the ``lora`` baseline (peft's "gaussian", as diffusers' LoRA
+        # scripts configure it), so both start from the same ΔW = 0 with the same A scale and learn alike
+        nn.init.normal_(self.lora_A.weight, std=1.0 / r)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return qta_lora_linear(x, self.qweight, self.w_scale, self.bias, self.lora_A.weight, self.lora_B.weight,
