@@ -53,7 +53,8 @@ DIT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
 
 # ------------------------------------------------------------------------------------------- models
 def build_model(kind: str, seed: int = 0):
-    """A seeded random ``T2IModel``: ``unet`` (~60M pixel UNet), ``dit`` (~28M PixArt), or ``sd15``."""
+    """A seeded random ``T2IModel``: ``unet`` (~60M pixel UNet), ``dit`` (~28M PixArt: width 512, 6 blocks),
+    ``dit-WxD`` (PixArt of width W and D blocks, 64-wide heads), or ``sd15``."""
     import torch
     from diffusers import DDPMScheduler, PixArtTransformer2DModel, UNet2DConditionModel
     from transformers import AutoTokenizer, BertModel
@@ -74,7 +75,8 @@ def build_model(kind: str, seed: int = 0):
         den = {"unet": UNet2DConditionModel(**unet((192, 384, 384), attention=(False, True, True), layers=1,
                                                    head_dim=32, groups=32))}
     else:
-        den = {"transformer": PixArtTransformer2DModel(**dit(512, 6, heads=8, patch=2))}
+        width, depth = (512, 6) if kind == "dit" else map(int, kind.removeprefix("dit-").split("x"))
+        den = {"transformer": PixArtTransformer2DModel(**dit(width, depth, heads=width // 64, patch=2))}
     return T2IModel(MandcPixelPipeline(scheduler=DDPMScheduler(**SCHEDULER_CONFIG), text_encoder=te, tokenizer=tok, **den))
 
 
@@ -282,6 +284,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=None, help="steps per method (default 30; 3 with --sd15)")
     ap.add_argument("--batch-size", type=int, default=None, help="default 4; 1 with --sd15")
     ap.add_argument("--qta-steps", type=int, default=60, help="steps of the lora vs qta-lora comparison")
+    ap.add_argument("--qta-dit", default="512x6", help="WIDTHxDEPTH of the PixArt of the qta section (default 512x6)")
     ap.add_argument("--methods", nargs="*", default=None, help="subset of methods")
     ap.add_argument("--skip", nargs="*", default=[], help="sections to skip: methods inference optimizer qta")
     ap.add_argument("--no-eval", action="store_true", help="skip held-out losses")
@@ -336,9 +339,10 @@ def main(argv=None) -> dict:
             out["optimizer"][key] = spawn("full", kind, dict(common, lr=LR["full"], optimizer=opt), args)
     if "qta" not in args.skip and not args.sd15:
         print("qta (transformer denoiser):", file=sys.stderr)
+        out["qta_model"] = f"PixArt width x depth {args.qta_dit}, random weights, 32x32 pixels (256 tokens), batch 8"
         for name in ("lora", "qta-lora"):
             cfg = dict(common, steps=args.qta_steps, batch_size=8, lr=LR[name], target_modules=DIT_TARGETS)
-            out["qta"][name] = spawn(name, "dit", cfg, args)
+            out["qta"][name] = spawn(name, "dit" if args.qta_dit == "512x6" else f"dit-{args.qta_dit}", cfg, args)
     out["ratios"] = ratios(out)
     out["wall_s"] = round(time.perf_counter() - t0, 1)
     print(f"\n## {out['model']} — {out['device']}\n")
