@@ -3,8 +3,10 @@
 Frozen base weights of the targeted Linear layers become per-channel symmetric INT8 codes; LoRA A, B
 train; the forward, input-gradient and LoRA weight-gradient GEMMs run on INT8 operands with dynamic
 row-wise scales and INT32 accumulation (``torch._int_mm``), and ΔW = BA is never formed
-(:mod:`finetune.qta.function`). Same recipe as the ``lora`` baseline (rank 4, alpha 4, lr 1e-4); by
-default it also covers the feed-forward projections, where most of a transformer's GEMM time is.
+(:mod:`finetune.qta.function`). Same recipe as the ``lora`` baseline (rank 4, alpha 4, lr 1e-4, A ~
+N(0, 1/r²), the attention projections ``to_q/k/v/out.0``); pass ``target_modules`` to add the
+feed-forward projections, where most of a transformer's GEMM time is (the memory benchmark's QTA section
+does, for both methods).
 Saved in the same diffusers/peft LoRA format as ``lora``, so the adapter also loads onto a
 full-precision model.
 """
