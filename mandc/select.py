@@ -44,7 +44,7 @@ scratch, which ~340 rows cannot support well. Measured (LODO, 2 seeds, GraphSAGE
 top-1 70.3% → 73.4%, regret 0.0274 → 0.0247. Without neighbour features it has no effect. With the
 zero-shot probe the init score also gets ``probe_init · z.probe`` (default 20, and 100 trees instead of
 300): the probe is a measurement on the target itself, so it leads and the neighbours and trees correct
-it (LODO, 3 seeds: 77.5% → 82.3% top-1, regret 0.022 → 0.0065). These weights were chosen on the same
+it (``benchmarks/selection.py --seeds 5``: 77.5% → 81.2% top-1, regret 0.022 → 0.008). These weights were chosen on the same
 leave-one-dataset-out evaluation that reports them (no nested split: 32 datasets are too few), so the
 figures are optimistic by the amount a few tuned scalars can overfit.
 """
