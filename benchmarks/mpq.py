@@ -104,25 +104,19 @@ def finetune_plan(model_ref: str, plan, data_ref: str, steps: int, lr: float, ou
             "trainable_params": res.trainable_params}
 
 
-def run_model(name: str, args) -> dict:
-    import numpy as np
+def load_setup(name: str, args):
+    """``(model, ds, cfg, batch, val, layers)`` shared by a model's main run and its ablations: the zoo model
+    (built first if missing), the dataset, the MPQ config from the flags, the calibration batch, the
+    validation images and the probed layers."""
     import torch
 
     from data import load_dataset
     from finetune import zoo
-    from finetune.metrics import heldout_loss
     from finetune.model import T2IModel
-    from finetune.quant import quantized_weight_bytes, save_quantized
-    from profiler.mpq.allocate import Budget
-    from profiler.mpq.baselines import baseline_plan, sensitivity_profile
-    from profiler.mpq.capture import calibration_batch, describe, probe_layers
-    from profiler.mpq.importance import aggregate_importance, beta_for_contrast, sample_timesteps
-    from profiler.mpq.profile import (MPQConfig, pinned_layers, plan_from_profile, profile_importance,
-                                      quantized_copy, select_by_validation, validation_images)
+    from profiler.mpq.capture import calibration_batch, probe_layers
+    from profiler.mpq.profile import MPQConfig, validation_images
 
     torch.set_num_threads(args.threads)
-    t_model = time.perf_counter()
-    timing = {}
     if not zoo.is_built(name):
         log(f"[{name}] building the zoo model (once; cached in {zoo.zoo_home()})")
         zoo.build(name)
@@ -132,7 +126,24 @@ def run_model(name: str, args) -> dict:
                     n_validation=args.n_validation)
     batch = calibration_batch(model, ds.train, cfg.n_calib, cfg.seed)
     val = validation_images(ds.train, batch, cfg.n_validation)
-    layers = probe_layers(model, batch)
+    return model, ds, cfg, batch, val, probe_layers(model, batch)
+
+
+def run_model(name: str, args) -> dict:
+    import numpy as np
+
+    from finetune.metrics import heldout_loss
+    from finetune.quant import quantized_weight_bytes, save_quantized
+    from profiler.mpq.allocate import Budget
+    from profiler.mpq.baselines import baseline_plan, sensitivity_profile
+    from profiler.mpq.capture import describe
+    from profiler.mpq.importance import aggregate_importance, beta_for_contrast, sample_timesteps
+    from profiler.mpq.profile import (pinned_layers, plan_from_profile, profile_importance, quantized_copy,
+                                      select_by_validation)
+
+    t_model = time.perf_counter()
+    timing = {}
+    model, ds, cfg, batch, val, layers = load_setup(name, args)
     pinned = pinned_layers(layers, cfg)
     log(f"[{name}] {describe(layers)}")
 
@@ -260,26 +271,13 @@ def run_ablations(name: str, args) -> dict:
     ``objective_bits`` OMPQ's literal importance-weighted bits; ``contrast_0`` no orthogonality signal;
     the ``*_validated`` pair picks (contrast, α) by validation with θ and with θ̄.
     """
-    import torch
-
-    from data import load_dataset
     from finetune.metrics import heldout_loss
-    from finetune.model import T2IModel
     from profiler.mpq.allocate import Budget
     from profiler.mpq.baselines import baseline_plan
-    from profiler.mpq.capture import calibration_batch, probe_layers
-    from profiler.mpq.profile import (MPQConfig, plan_from_profile, profile_importance, quantized_copy,
-                                      select_by_validation, validation_images)
+    from profiler.mpq.profile import plan_from_profile, profile_importance, quantized_copy, select_by_validation
 
-    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    model = T2IModel.from_pretrained(f"zoo:{name}")
-    ds = load_dataset(args.data)
-    cfg = MPQConfig(timesteps=args.timesteps, n_calib=args.n_calib, time_limit=args.time_limit,
-                    n_validation=args.n_validation)
-    batch = calibration_batch(model, ds.train, cfg.n_calib, cfg.seed)
-    val = validation_images(ds.train, batch, cfg.n_validation)
-    layers = probe_layers(model, batch)
+    model, ds, cfg, batch, val, layers = load_setup(name, args)
     prof = profile_importance(model, batch, cfg.timesteps, layers)
     base = heldout_loss(model, ds.heldout).mean
 

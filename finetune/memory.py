@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import os
 import resource
 from dataclasses import dataclass, field
 
