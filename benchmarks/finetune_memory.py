@@ -19,8 +19,11 @@ Sections of the JSON:
   methods' batch size) on the model quantized as ``zo-ti`` quantizes it (INT8 denoiser, text encoder, VAE);
 - ``optimizer``: ``full`` with standard bf16 mixed precision (fp32 master, ``fp32_master``) against
   bf16 + remainder bits with the step inside backward (``remainder_in_backward``), and remainders alone;
-- ``qta``: ``lora`` against ``qta-lora`` on a transformer denoiser (PixArt, ~28M params, 256 tokens per
-  image) where GEMMs dominate, same LoRA targets (attention and feed-forward projections), same steps.
+- ``qta``: ``lora`` against ``qta-lora`` on a transformer denoiser (PixArt at PixArt-α's width 1152, 2
+  blocks, ~54M params, 256 tokens per image) where GEMMs dominate, same LoRA targets (attention and
+  feed-forward projections), same steps. Its target is step time, so its workers run with glibc's default
+  allocator: the pinned mmap threshold above would tax every temporary buffer with page faults (it made
+  ``qta-lora``, which quantizes operands into fresh buffers, look 0.87× ``lora`` instead of ~0.6×).
 
 The models have random weights (seeded): memory and speed do not depend on trained values; held-out
 losses here compare methods at equal steps on one model, nothing more (quality over seeds and zoo
@@ -222,13 +225,17 @@ def worker_inference(args) -> dict:
 
 
 # -------------------------------------------------------------------------------------------- parent
-def spawn(method: str, model: str, config: dict, args, inference: bool = False) -> dict:
+def spawn(method: str, model: str, config: dict, args, inference: bool = False, pin_malloc: bool = True) -> dict:
+    """Run one measurement in a fresh worker. ``pin_malloc`` pins glibc's mmap threshold so RSS tracks live
+    tensors (the memory sections); it makes every freed buffer over 64 KiB go back to the OS and every new
+    one page-fault in again, which taxes a method by how many temporaries it allocates — the QTA section,
+    whose target is step time, runs with the default allocator (``pin_malloc=False``)."""
     cmd = [sys.executable, __file__, "--worker", "inference" if inference else "train", "--method", method,
            "--model", model, "--config", json.dumps(config), "--n-train", str(args.n_train),
            "--steps", str(config.get("steps", args.steps))]
     if args.no_eval or model == "sd15":
         cmd.append("--no-eval")
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536")
+    env = dict(os.environ, **({"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"} if pin_malloc else {}))
     if model == "sd15" and args.mem_limit_gb:
         cmd += ["--mem-limit-gb", str(args.mem_limit_gb)]
     t0 = time.perf_counter()
@@ -283,11 +290,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--sd15", action="store_true", help="SD 1.5 scale (UNet/CLIP/VAE from the published configs)")
     ap.add_argument("--steps", type=int, default=None, help="steps per method (default 30; 3 with --sd15)")
     ap.add_argument("--batch-size", type=int, default=None, help="default 4; 1 with --sd15")
-    ap.add_argument("--qta-steps", type=int, default=60, help="steps of the lora vs qta-lora comparison")
-    ap.add_argument("--qta-dit", default="512x6", help="WIDTHxDEPTH of the PixArt of the qta section (default 512x6)")
+    ap.add_argument("--qta-steps", type=int, default=30, help="steps of the lora vs qta-lora comparison (default 30)")
+    ap.add_argument("--qta-dit", default="1152x2", help="WIDTHxDEPTH of the PixArt of the qta section (default 1152x2: "
+                                                        "PixArt-α's width, where GEMMs dominate; 512x6 is ~28M params)")
     ap.add_argument("--methods", nargs="*", default=None, help="subset of methods")
     ap.add_argument("--skip", nargs="*", default=[], help="sections to skip: methods inference optimizer qta")
     ap.add_argument("--no-eval", action="store_true", help="skip held-out losses")
+    ap.add_argument("--gradient-checkpointing", action="store_true",
+                    help="train every method with the denoiser's activations recomputed in backward")
     ap.add_argument("--mem-limit-gb", type=float, default=22.0, help="data limit for --sd15 workers")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     # worker mode
@@ -313,13 +323,15 @@ def main(argv=None) -> dict:
     bs = args.batch_size or (1 if args.sd15 else 4)
     args.n_train = 2 if args.sd15 else 16
     methods = args.methods or list(METHODS)
-    common = {"steps": args.steps, "batch_size": bs, "checkpoint_every": 0, "seed": 0}
+    common = {"steps": args.steps, "batch_size": bs, "checkpoint_every": 0, "seed": 0,
+              "gradient_checkpointing": args.gradient_checkpointing}
     import torch
 
     out = {"device": "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu:{platform.processor() or platform.machine()}:{os.cpu_count()} cores",
            "model": "sd15 (UNet 860M, CLIP-L text, VAE; random weights; 512x512, batch 1)" if args.sd15 else
                     "pixel UNet ~60M + MiniLM text encoder, 32x32, random weights",
-           "steps": args.steps, "batch_size": bs, "methods": {}, "optimizer": {}, "qta": {},
+           "steps": args.steps, "batch_size": bs, "gradient_checkpointing": args.gradient_checkpointing,
+           "methods": {}, "optimizer": {}, "qta": {},
            "inference_peak_mem_bytes": None}
     t0 = time.perf_counter()
     if "inference" not in args.skip:
@@ -342,7 +354,8 @@ def main(argv=None) -> dict:
         out["qta_model"] = f"PixArt width x depth {args.qta_dit}, random weights, 32x32 pixels (256 tokens), batch 8"
         for name in ("lora", "qta-lora"):
             cfg = dict(common, steps=args.qta_steps, batch_size=8, lr=LR[name], target_modules=DIT_TARGETS)
-            out["qta"][name] = spawn(name, "dit" if args.qta_dit == "512x6" else f"dit-{args.qta_dit}", cfg, args)
+            out["qta"][name] = spawn(name, "dit" if args.qta_dit == "512x6" else f"dit-{args.qta_dit}", cfg, args,
+                                     pin_malloc=False)
     out["ratios"] = ratios(out)
     out["wall_s"] = round(time.perf_counter() - t0, 1)
     print(f"\n## {out['model']} — {out['device']}\n")

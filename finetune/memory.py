@@ -107,7 +107,7 @@ class PeakMemory:
                 "method": self.method, "device": str(self.device)}
 
 
-__all__ = ["PeakMemory", "current_rss_bytes"]
+__all__ = ["PeakMemory", "current_rss_bytes", "enable_gradient_checkpointing_", "materialize_"]
 
 
 @torch.no_grad()
@@ -125,3 +125,14 @@ def materialize_(module: torch.nn.Module) -> torch.nn.Module:
         if t.device.type == "cpu":
             t.data = t.data.clone()
     return module
+
+
+def enable_gradient_checkpointing_(denoiser: torch.nn.Module) -> torch.nn.Module:
+    """Switch on activation recomputation in a diffusers denoiser (in place), as diffusers' training scripts'
+    ``--gradient_checkpointing`` does: each block keeps only its input in forward and recomputes its
+    activations in backward, trading about one extra forward per step for most of the activation memory.
+    Raises ``ValueError`` for a model that does not support it."""
+    if not getattr(denoiser, "_supports_gradient_checkpointing", False):
+        raise ValueError(f"{type(denoiser).__name__} does not support gradient checkpointing")
+    denoiser.enable_gradient_checkpointing()
+    return denoiser

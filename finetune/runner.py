@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from finetune.memory import PeakMemory
+from finetune.memory import PeakMemory, enable_gradient_checkpointing_
 from finetune.methods import MethodConfig, TrainData, get_method
 
 CHECKPOINT = "checkpoint.pt"
@@ -166,6 +166,8 @@ def run(model, dataset, method: str, config: MethodConfig | dict | None = None, 
         torch.manual_seed(cfg.seed)
         m = cls(model, cfg)
         m.setup_()
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing_(model.denoiser)
         # Meter training with the prepared model resident, not the transient full-precision copy a
         # quantizing method loads first (see PeakMemory.restart_peak); load_peak_bytes keeps that figure.
         meter.restart_peak()

@@ -46,6 +46,9 @@ class MethodConfig:
     timestep_min: int = option(0, "timesteps are drawn uniformly from [timestep_min, timestep_max)")
     timestep_max: int = option(1000, "upper end (exclusive) of the timestep range, of T=1000")
     checkpoint_every: int = option(100, "save a resumable checkpoint every N steps (0: only at the end)")
+    gradient_checkpointing: bool = option(False, "recompute the denoiser's activations in backward instead of "
+                                                 "keeping them (diffusers' --gradient_checkpointing): less memory, "
+                                                 "~1 extra forward per step; no effect on zo-ti (no backward)")
 
     def validate(self) -> None:
         if self.steps < 0:

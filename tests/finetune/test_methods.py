@@ -198,3 +198,21 @@ def test_bad_input(small_data, tmp_path):
         run(tiny_model(), small_data, "lora", {"rnak": 3}, tmp_path)
     with pytest.raises(ValueError, match="remainder-in-backward"):
         run(tiny_model(), small_data, "full", {"optimizer": "remainder-in-backward", "max_grad_norm": 1.0}, tmp_path)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "remainder-in-backward"])
+def test_gradient_checkpointing_recomputes_and_keeps_the_losses(optimizer, small_data, tmp_path):
+    def train(gc: bool):
+        model = tiny_model()
+        calls = []
+        # a pre-hook: recomputation stops early, once it has what backward needs, so a post-hook never fires
+        model.denoiser.down_blocks[0].resnets[0].register_forward_pre_hook(lambda *a: calls.append(1))
+        res = run(model, small_data, "full", cfg_for("full", steps=2, optimizer=optimizer, gradient_checkpointing=gc),
+                  tmp_path / str(gc), evaluate_loss=False)
+        return res, len(calls), model
+
+    plain, plain_calls, _ = train(False)
+    ckpt, ckpt_calls, model = train(True)
+    assert model.denoiser.is_gradient_checkpointing
+    assert (plain_calls, ckpt_calls) == (2, 4)  # each step's block forward runs again in backward
+    assert ckpt.losses == pytest.approx(plain.losses, rel=1e-5)
