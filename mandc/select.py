@@ -28,7 +28,7 @@ GraphSAGE rows come from a forward pass with ``d``'s performance edges hidden, a
 (default 4) a training row's embedding comes from a GNN fitted on a graph *without* its fold's edges
 (out-of-fold, like stacking): otherwise the GNN, supervised on ``d``, hands LightGBM an in-sample link
 score that is far better than any it can produce for a new dataset, and LightGBM over-trusts it
-(measured on the reference: 67.5% → 71.2% top-1, regret 0.033 → 0.027, 5 seeds). ``predict`` hides
+(measured on the first, 20-step reference: 67.5% → 71.2% top-1, regret 0.033 → 0.027, 5 seeds). ``predict`` hides
 the target's edges as well, so even a graph that still holds them cannot leak them into the prediction
 (node2vec, being transductive, relies on the caller: leave-one-dataset-out passes
 ``graph.without_performance(d)``).
@@ -44,7 +44,8 @@ scratch, which ~340 rows cannot support well. Measured (LODO, 2 seeds, GraphSAGE
 top-1 70.3% → 73.4%, regret 0.0274 → 0.0247. Without neighbour features it has no effect. With the
 zero-shot probe the init score also gets ``probe_init · z.probe`` (default 20, and 100 trees instead of
 300): the probe is a measurement on the target itself, so it leads and the neighbours and trees correct
-it (``benchmarks/selection.py --seeds 5``: 77.5% → 81.2% top-1, regret 0.022 → 0.008). These weights were chosen on the same
+it (``benchmarks/selection.py --seeds 5`` on the 20-step reference: 77.5% → 81.2% top-1, regret 0.022 → 0.008;
+on the 80-step reference the probe is weaker and ``mandc_probe`` gains less: 71.9% → 74.4%). These weights were chosen on the same
 leave-one-dataset-out evaluation that reports them (no nested split: 32 datasets are too few), so the
 figures are optimistic by the amount a few tuned scalars can overfit.
 """
