@@ -354,8 +354,7 @@ def main(argv=None) -> dict:
         out["qta_model"] = f"PixArt width x depth {args.qta_dit}, random weights, 32x32 pixels (256 tokens), batch 8"
         for name in ("lora", "qta-lora"):
             cfg = dict(common, steps=args.qta_steps, batch_size=8, lr=LR[name], target_modules=DIT_TARGETS)
-            out["qta"][name] = spawn(name, "dit" if args.qta_dit == "512x6" else f"dit-{args.qta_dit}", cfg, args,
-                                     pin_malloc=False)
+            out["qta"][name] = spawn(name, f"dit-{args.qta_dit}", cfg, args, pin_malloc=False)
     out["ratios"] = ratios(out)
     out["wall_s"] = round(time.perf_counter() - t0, 1)
     print(f"\n## {out['model']} — {out['device']}\n")

@@ -4,9 +4,13 @@
 
 One forward + backward of the memory benchmark's PixArt (``finetune_memory.build_model("dit-WxD")``,
 batch 8 at 32×32, LoRA r=4 on the attention and feed-forward projections) under ``torch.profiler``, after
-two warm-up steps. Self CPU time is grouped into the INT8 GEMM (``aten::_int_mm``), float GEMMs
+two warm-up steps; ``step_s`` is the median of three unprofiled steps before it. Self CPU time is grouped into the INT8 GEMM (``aten::_int_mm``), float GEMMs
 (``aten::mm``/``addmm``/``bmm``), the element-wise passes that quantize operands and rescale results
 (abs, amax, mul, div, round, copy/cast), attention, and the rest; shares are of the step's total.
+
+The allocator matters to ``qta-lora``, which quantizes operands into fresh buffers: run it once more with
+``MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=65536`` in the environment (the memory benchmark's
+setting for its memory sections) to see what page-faulting every temporary costs each method.
 """
 from __future__ import annotations
 
@@ -49,6 +53,11 @@ def profile_step(method: str, dit: str) -> dict:
         torch.nn.functional.mse_loss(model.denoise(x_t, t, cond), model.target(x0, noise, t)).backward()
 
     step(), step()
+    times = []
+    for _ in range(3):  # unprofiled: the step time to compare (the profiler adds overhead per op)
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
     t0 = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
@@ -57,7 +66,7 @@ def profile_step(method: str, dit: str) -> dict:
     total = sum(self_us.values())
     shares = {g: sum(v for k, v in self_us.items() if k in names) / total for g, names in GROUPS.items()}
     shares["other"] = 1.0 - sum(shares.values())
-    return {"step_s_profiled": round(wall, 3), "self_cpu_s": round(total / 1e6, 3),
+    return {"step_s": round(sorted(times)[1], 3), "step_s_profiled": round(wall, 3), "self_cpu_s": round(total / 1e6, 3),
             "shares": {k: round(v, 3) for k, v in shares.items()}}
 
 

@@ -1,6 +1,7 @@
 """Model-selection quality: leave-one-dataset-out over the reference graph (wraps ``mandc evaluate``).
 
     python benchmarks/selection.py [--seeds 5] [--graph PATH] [--workers N] [--json FILE] [--selectors a,b]
+                                   [--knn-init X]
 
 For every profiled dataset of the graph (default: the shipped reference, ``data.reference``) and every
 seed, all of that dataset's performance edges are removed, each selector is rebuilt from the rest (graph
@@ -39,15 +40,18 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=None, help="parallel processes (default: min(seeds, cores))")
     ap.add_argument("--selectors", default=None, help="comma-separated subset of selectors (default: all)")
     ap.add_argument("--json", dest="json_path", default=None, help="also write the JSON result to this file")
+    ap.add_argument("--knn-init", type=float, default=None,
+                    help="M&C's neighbour-prior weight (SelectorConfig.knn_init; default: the shipped value)")
     args = ap.parse_args(argv)
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from mandc.evaluate import SELECTOR_NAMES, evaluate, load_graph
+    from mandc.evaluate import SELECTOR_NAMES, evaluate, load_graph, mandc_config
 
     selectors = tuple(s.strip() for s in args.selectors.split(",")) if args.selectors else SELECTOR_NAMES
     graph = load_graph(args.graph)
     print(f"{graph}; {args.seeds} seeds", file=sys.stderr)
-    res = evaluate(graph, seeds=args.seeds, selectors=selectors, workers=args.workers,
+    base = mandc_config(knn_init=args.knn_init) if args.knn_init is not None else None
+    res = evaluate(graph, seeds=args.seeds, selectors=selectors, workers=args.workers, base=base,
                    progress=lambda done, total: print(f"task {done}/{total} done", file=sys.stderr))
     out = res.to_json()
     print(res.to_markdown())

@@ -1,7 +1,6 @@
 """``QTALoRALinear``: an ``nn.Linear`` with INT8 frozen weights and a LoRA adapter trained through INT8 GEMMs."""
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
