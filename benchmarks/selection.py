@@ -1,7 +1,7 @@
 """Model-selection quality: leave-one-dataset-out over the reference graph (wraps ``mandc evaluate``).
 
     python benchmarks/selection.py [--seeds 5] [--graph PATH] [--workers N] [--json FILE] [--selectors a,b]
-                                   [--knn-init X]
+                                   [--knn-init X] [--n-estimators N] [--probe-init W]
 
 For every profiled dataset of the graph (default: the shipped reference, ``data.reference``) and every
 seed, all of that dataset's performance edges are removed, each selector is rebuilt from the rest (graph
@@ -42,6 +42,10 @@ def main(argv=None) -> int:
     ap.add_argument("--json", dest="json_path", default=None, help="also write the JSON result to this file")
     ap.add_argument("--knn-init", type=float, default=None,
                     help="M&C's neighbour-prior weight (SelectorConfig.knn_init; default: the shipped value)")
+    ap.add_argument("--n-estimators", type=int, default=None,
+                    help="fixed boosting rounds for every LightGBM selector (default: chosen per fit by grouped CV)")
+    ap.add_argument("--probe-init", type=float, default=None,
+                    help="fixed zero-shot probe weight for mandc_probe (default: chosen per fit by grouped CV)")
     args = ap.parse_args(argv)
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -50,7 +54,9 @@ def main(argv=None) -> int:
     selectors = tuple(s.strip() for s in args.selectors.split(",")) if args.selectors else SELECTOR_NAMES
     graph = load_graph(args.graph)
     print(f"{graph}; {args.seeds} seeds", file=sys.stderr)
-    base = mandc_config(knn_init=args.knn_init) if args.knn_init is not None else None
+    over = {k: v for k, v in (("knn_init", args.knn_init), ("n_estimators", args.n_estimators),
+                               ("probe_init", args.probe_init)) if v is not None}
+    base = mandc_config(**over) if over else None
     res = evaluate(graph, seeds=args.seeds, selectors=selectors, workers=args.workers, base=base,
                    progress=lambda done, total: print(f"task {done}/{total} done", file=sys.stderr))
     out = res.to_json()

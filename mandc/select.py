@@ -40,14 +40,22 @@ averaged). The output is higher-is-better.
 With ``knn_init = λ > 0`` (default 3) boosting starts from the graph's neighbour prior instead of zero:
 every row's initial score is ``λ · knn_score`` (LightGBM's ``init_score``, added back at prediction),
 so the trees learn corrections to "what won on the most similar datasets" rather than a ranking from
-scratch, which ~340 rows cannot support well. Measured (LODO, 2 seeds, GraphSAGE with crossfit):
-top-1 70.3% → 73.4%, regret 0.0274 → 0.0247. Without neighbour features it has no effect. With the
-zero-shot probe the init score also gets ``probe_init · z.probe`` (default 20, and 100 trees instead of
-300): the probe is a measurement on the target itself, so it leads and the neighbours and trees correct
-it (``benchmarks/selection.py --seeds 5`` on the 20-step reference: 77.5% → 81.2% top-1, regret 0.022 → 0.008;
-on the 80-step reference the probe is weaker and ``mandc_probe`` gains less: 71.9% → 74.4%). These weights were chosen on the same
-leave-one-dataset-out evaluation that reports them (no nested split: 32 datasets are too few), so the
-figures are optimistic by the amount a few tuned scalars can overfit.
+scratch, which ~340 rows cannot support well (measured on the first, 20-step reference, LODO, 2 seeds:
+top-1 70.3% → 73.4%, regret 0.0274 → 0.0247). Without neighbour features it has no effect. With the
+zero-shot probe the init score also gets ``probe_init · z.probe``: the probe is a measurement on the
+target itself, so it can lead and the neighbours and trees correct it.
+
+How far the trees should move that prior, and how much the probe should weigh, are not constants: they
+depend on the fine-tuning budget behind the graph (the probe predicts 20-step fine-tuning far better
+than 80-step) and on how many datasets the graph holds, which grows with every profiled dataset. So
+both are chosen at every fit by grouped K-fold cross-validation over the training datasets
+(:meth:`Selector._cv_trees`): the number of boosting rounds from ``TREE_GRID`` (0 = the prior alone)
+and, with the probe, its weight from ``PROBE_GRID``, by the validation datasets' mean regret. The CV
+sees only the graph it is fitted on, so under leave-one-dataset-out the held-out dataset never takes
+part in these choices. Measured with ``benchmarks/selection.py --seeds 5`` against the fixed values the
+first reference had led to (300 rounds, ``probe_init`` 20; ``--n-estimators 300 --probe-init 20``):
+see the README's selection section. The remaining scalars (``knn_init``, learning rate, leaves, column
+fraction) are fixed; they were chosen on the 20-step reference's leave-one-dataset-out evaluation.
 """
 from __future__ import annotations
 
@@ -58,6 +66,8 @@ import numpy as np
 from mandc.graph import MatchingGraph
 
 FEATURE_GROUPS = ("model", "data", "pair", "neighbors", "embedding", "probe")
+TREE_GRID = (0, 10, 25, 50, 100, 200)  # boosting rounds the CV of ``n_estimators=None`` chooses from
+PROBE_GRID = (0.0, 3.0, 10.0, 30.0)     # probe weights the CV of ``probe_init=None`` chooses from
 PAIR_TEMPERATURE = 0.1  # softmax temperature over cosines for p.mix_soft
 
 
@@ -76,12 +86,14 @@ class SelectorConfig:
     label: str = "score"             # ranker relevance: "score" = floor(4·score) (0..4), "rank" = 3/2/1 for the top 3
     knn: int = 5                     # neighbours for the neighbour features
     knn_init: float = 3.0            # > 0: boost from the neighbour prior, init score = knn_init · n.knn_score
-    probe_init: float = 20.0         # with the probe: + probe_init · z.probe in the init score
+    probe_init: float | None = None  # with the probe: + probe_init · z.probe in the init score (None: chosen with the trees by CV from PROBE_GRID)
     seed: int = 0                    # GNN init/masks, node2vec walks, LightGBM bagging
-    # LightGBM: ~340 rows (31 datasets × 11 models) and ~95 columns, so many shallow, slow trees that
-    # each see 30% of the columns (chosen on the reference by M&C's own LODO regret; with the probe,
-    # 80%, so that most trees can split on its two columns — measured: 78% vs 75% top-1 over 2 seeds)
-    n_estimators: int | None = None  # None: 300, or 100 with the probe (its init score needs fewer corrections)
+    # LightGBM: ~340 rows (31 datasets × 11 models) and ~95 columns, so shallow, slow trees that each
+    # see 30% of the columns (with the probe 80%, so that most trees can split on its two columns —
+    # measured on the 20-step reference: 78% vs 75% top-1 over 2 seeds). How many trees the data
+    # support changes with the graph (it grows with every profiled dataset), so it is not a constant:
+    n_estimators: int | None = None  # None: chosen at each fit by grouped K-fold CV from TREE_GRID (0 = the prior alone)
+    cv_folds: int = 4                # folds (of training datasets) of that CV
     learning_rate: float = 0.03
     num_leaves: int = 7
     min_child_samples: int = 10
@@ -98,14 +110,13 @@ class SelectorConfig:
             raise ValueError(f"SelectorConfig.objective must be 'rank', 'regress' or 'both', got {self.objective!r}")
         if self.crossfit > 1 and self.emb_vectors:
             raise ValueError("SelectorConfig.crossfit needs emb_vectors=False (vectors of different GNN fits are not comparable)")
+        if self.n_estimators is not None and self.n_estimators < 0:
+            raise ValueError(f"SelectorConfig.n_estimators must be ≥ 0 or None (chosen by CV), got {self.n_estimators}")
+        if self.n_estimators is None and self.cv_folds < 2:
+            raise ValueError(f"SelectorConfig.cv_folds must be ≥ 2 to choose n_estimators by CV, got {self.cv_folds}")
         if self.label not in ("score", "rank"):
             raise ValueError(f"SelectorConfig.label must be 'score' or 'rank', got {self.label!r}")
 
-    def trees(self) -> int:
-        """The number of boosting rounds (the default depends on the probe, see the field comment)."""
-        if self.n_estimators is not None:
-            return self.n_estimators
-        return 100 if self.probe else 300
 
     def colsample(self) -> float:
         """The column fraction per tree (the default depends on the probe, see the field comment)."""
@@ -137,7 +148,10 @@ class Selector:
         self.models_: list[str] = []
         self.feature_names_: list[str] = []
         self.model_keys_: list[str] = []
-        self._lgbm: list = []
+        self._lgbm: list = []    # one fitted booster per objective (None: zero rounds)
+        self.cv_: dict = {}       # objective → the CV curve behind the chosen number of rounds
+        self._probe_w: list = []  # the probe weight in each booster's init score (cfg.probe_init or the CV's)
+        self.fitted_ = False
 
     # ------------------------------------------------------------------ features
     def _context(self, graph: MatchingGraph) -> dict:
@@ -283,27 +297,80 @@ class Selector:
             groups.append(len(models))
         self.feature_names_ = self._last_names
         X = np.concatenate(X)
-        common = dict(n_estimators=cfg.trees(), learning_rate=cfg.learning_rate, num_leaves=cfg.num_leaves,
+        self._lgbm, self._probe_w, self.cv_ = [], [], {}
+        weights = PROBE_GRID if cfg.probe and cfg.probe_init is None else (cfg.probe_init or 0.0,)
+        for kind in ("rank", "regress"):
+            if cfg.objective not in (kind, "both"):
+                continue
+            label = yr if kind == "rank" else y
+            n, w, cv = cfg.n_estimators, weights[0], None
+            if cfg.n_estimators is None or len(weights) > 1:  # cross-validate (rounds, probe weight)
+                cands = [(*self._cv_trees(kind, X, label, y, groups, self._init_score(X, v), profiled,
+                                          fixed=cfg.n_estimators), v) for v in weights]
+                n, cv, w = min(cands, key=lambda c: (min(c[1]["regret"]), c[0], c[2]))  # ties: fewer rounds, smaller weight
+                self.cv_[kind] = {**cv, "probe_init": w} if cfg.probe else cv
+            self._probe_w.append(w)
+            self._lgbm.append(self._booster(kind, X, label, groups, self._init_score(X, w), n) if n > 0 else None)
+        self.fitted_ = True
+        return self
+
+    def _booster(self, kind: str, X: np.ndarray, label: list, groups: list[int], init, n: int):
+        """A fitted ``LGBMRanker`` (``kind="rank"``, one group per dataset) or ``LGBMRegressor`` with
+        ``n`` boosting rounds on rows ``X [N, F]`` with per-dataset labels ``label``."""
+        import lightgbm as lgb
+
+        cfg = self.cfg
+        common = dict(n_estimators=n, learning_rate=cfg.learning_rate, num_leaves=cfg.num_leaves,
                       min_child_samples=cfg.min_child_samples, subsample=cfg.subsample, subsample_freq=1,
                       colsample_bytree=cfg.colsample(), reg_lambda=cfg.reg_lambda, random_state=cfg.seed,
                       n_jobs=1, verbose=-1)
-        self._lgbm = []
-        init = self._init_score(X)
-        if cfg.objective in ("rank", "both"):
-            r = lgb.LGBMRanker(objective="lambdarank", **common)
-            r.fit(X, np.concatenate(yr), group=groups, init_score=init)
-            self._lgbm.append(r)
-        if cfg.objective in ("regress", "both"):
-            r = lgb.LGBMRegressor(objective="regression", **common)
-            r.fit(X, np.concatenate(y), init_score=init)
-            self._lgbm.append(r)
-        return self
+        if kind == "rank":
+            return lgb.LGBMRanker(objective="lambdarank", **common).fit(X, np.concatenate(label), group=groups, init_score=init)
+        return lgb.LGBMRegressor(objective="regression", **common).fit(X, np.concatenate(label), init_score=init)
 
-    def _init_score(self, X: np.ndarray):
-        """``knn_init · n.knn_score`` per row (None when off): the trees then learn corrections to
-        the graph's neighbour prior instead of a ranking from scratch."""
+    def _cv_trees(self, kind, X, label, scores, groups, init, profiled, fixed: int | None = None) -> tuple[int, dict]:
+        """The number of boosting rounds from ``TREE_GRID`` with the lowest mean regret in grouped
+        K-fold cross-validation over the training datasets (``cv_folds``; the crossfit folds when
+        their number matches, so a validation row's GNN embedding never saw its own edges).
+
+        For every fold, one booster of ``max(TREE_GRID)`` rounds is fitted on the other folds and its
+        staged predictions (``init + Σ_{t ≤ T} tree_t``) pick a model on each validation dataset ``d``:
+        ``regret_T(d) = max_m s(m, d) - s(argmax_m pred_T(m, d), d)`` with ``s`` the normalised score.
+        ``T = 0`` (the prior alone) competes only when there is a prior (``knn_init``/``probe_init``).
+        Ties go to fewer rounds. Returns ``(T, {"grid": [...], "regret": [...]})``."""
+        grid = [t for t in TREE_GRID if t > 0 or init is not None] if fixed is None else [fixed]
+        starts = np.cumsum([0] + groups)
+        where = {d: i for i, d in enumerate(profiled)}
+        folds = _dataset_folds(profiled, min(self.cfg.cv_folds, len(profiled)), self.cfg.seed)
+        regret = np.zeros((len(grid), len(profiled)))  # [T, dataset]
+
+        def rows(gs):
+            return np.concatenate([np.arange(starts[g], starts[g + 1]) for g in gs])
+
+        for fold in folds:
+            val = [where[d] for d in fold]
+            trn = [i for i in range(len(profiled)) if i not in set(val)]
+            rt, rv = rows(trn), rows(val)
+            b = self._booster(kind, X[rt], [label[g] for g in trn], [groups[g] for g in trn],
+                              None if init is None else init[rt], max(grid)) if max(grid) > 0 else None
+            base = np.zeros(len(rv)) if init is None else init[rv]
+            for k, t in enumerate(grid):
+                pred = base + (b.predict(X[rv], num_iteration=t) if t > 0 else 0.0)
+                off = 0
+                for g in val:
+                    p, sc = pred[off:off + groups[g]], scores[g]
+                    regret[k, g] = sc.max() - sc[int(np.argmax(p))]
+                    off += groups[g]
+        mean = regret.mean(1)
+        best = int(np.argmin(mean))  # the first minimum: ties go to fewer rounds
+        return grid[best], {"grid": grid, "regret": [round(float(r), 5) for r in mean]}
+
+    def _init_score(self, X: np.ndarray, probe_w: float = 0.0):
+        """``knn_init · n.knn_score + probe_w · z.probe`` per row (None when both are off): the trees
+        then learn corrections to the graph's neighbour prior (and the probe) instead of a ranking
+        from scratch."""
         init = np.zeros(len(X))
-        for name, w in (("n.knn_score", self.cfg.knn_init), ("z.probe", self.cfg.probe_init)):
+        for name, w in (("n.knn_score", self.cfg.knn_init), ("z.probe", probe_w)):
             if w > 0 and name in self.feature_names_:
                 init += w * np.nan_to_num(X[:, self.feature_names_.index(name)], nan=0.5)
         return init if init.any() else None
@@ -321,9 +388,7 @@ class Selector:
         cache = self.embedder.__dict__.setdefault("_oof_cache", {})  # shared with selectors sharing the embedder
         if key in cache:
             return cache[key]
-        rng = np.random.default_rng(cfg.seed)
-        order = [profiled[i] for i in rng.permutation(len(profiled))]
-        folds = [order[i::cfg.crossfit] for i in range(cfg.crossfit)]
+        folds = _dataset_folds(profiled, cfg.crossfit, cfg.seed)
         out = {}
         for k, fold in enumerate(folds):
             gk = graph.without_performance(fold)
@@ -335,7 +400,7 @@ class Selector:
 
     def features(self, graph: MatchingGraph, dataset_ref: str, probe: dict | None = None):
         """``(models, names, X [M, F])``: the rows ``predict`` scores for ``dataset_ref``."""
-        if not self._lgbm:
+        if not getattr(self, "fitted_", False):
             raise RuntimeError("Selector.predict before fit")
         if self.cfg.probe and not probe:
             raise ValueError("this selector uses the zero-shot probe: pass probe={model ref: zero-shot loss}")
@@ -348,8 +413,11 @@ class Selector:
         """Model ref → predicted score for ``dataset_ref`` (higher = better). ``probe``: model ref →
         zero-shot loss on the target (required when the config uses the probe)."""
         models, _, X = self.features(graph, dataset_ref, probe)
-        init = self._init_score(X)
-        preds = [np.asarray(r.predict(X), dtype=np.float64) + (0.0 if init is None else init) for r in self._lgbm]
+        preds = []
+        for r, w in zip(self._lgbm, self._probe_w):
+            init = self._init_score(X, w)
+            preds.append((np.zeros(len(X)) if init is None else init)
+                         + (0.0 if r is None else np.asarray(r.predict(X), dtype=np.float64)))
         if len(preds) == 1:
             out = preds[0]
         else:  # average of per-dataset ranks (0 = worst) of ranker and regressor
@@ -369,8 +437,17 @@ class Selector:
         """Total split gain per feature, summed over the fitted LightGBM models, largest first."""
         imp = np.zeros(len(self.feature_names_))
         for r in self._lgbm:
-            imp += r.booster_.feature_importance(importance_type="gain")
+            if r is not None:  # None: zero rounds, the prior alone
+                imp += r.booster_.feature_importance(importance_type="gain")
         return dict(sorted(zip(self.feature_names_, imp.tolist()), key=lambda kv: -kv[1]))
+
+
+def _dataset_folds(datasets: list[str], k: int, seed: int) -> list[list[str]]:
+    """``datasets`` split into ``k`` folds by a seeded permutation (the same split for the same seed,
+    so the CV of the tree count reuses the crossfit folds)."""
+    rng = np.random.default_rng(seed)
+    order = [datasets[i] for i in rng.permutation(len(datasets))]
+    return [order[i::k] for i in range(k)]
 
 
 def make_embedder(cfg: SelectorConfig, graph: MatchingGraph):

@@ -4,7 +4,7 @@ import pytest
 
 from mandc.embed import Node2VecConfig, Node2VecEmbedder, SageConfig, SageEmbedder
 from mandc.graph import MatchingGraph
-from mandc.select import Selector, SelectorConfig
+from mandc.select import PROBE_GRID, TREE_GRID, Selector, SelectorConfig
 from synthetic_reference import make_reference
 
 FAST = dict(sage={"epochs": 25}, node2vec={"walks_per_node": 3, "epochs": 2}, n_estimators=40)
@@ -181,3 +181,71 @@ def test_knn_init_boosts_from_the_neighbour_prior(graph):
     assert np.allclose([pred[m] for m in models], 3.0 * knn, atol=1e-6)
     flat = Selector(SelectorConfig(embedding="none", learning_rate=1e-9, n_estimators=5, knn_init=0.0)).fit(h).predict(h, d)
     assert np.ptp(list(flat.values())) < 1e-6 < np.ptp(knn)
+
+
+def _cv_problem(signal_in_feature: bool, n_groups=12, n_models=5, seed=0):
+    """Rows of ``n_groups`` datasets × ``n_models`` models: a normalised score per row, one feature
+    column and an init score. Either the feature holds the score (the trees can learn it, the prior
+    is noise) or the prior holds it (the feature is noise)."""
+    rng = np.random.default_rng(seed)
+    groups = [n_models] * n_groups
+    scores = [rng.permutation(np.linspace(0.0, 1.0, n_models)) for _ in range(n_groups)]
+    s = np.concatenate(scores)
+    noise = rng.normal(size=len(s))
+    X = np.stack([s if signal_in_feature else noise, rng.normal(size=len(s))], 1)
+    init = noise if signal_in_feature else 3.0 * s
+    label = [np.minimum(np.floor(4 * x), 4).astype(int) for x in scores]
+    return X, label, scores, groups, init, [f"builtin:d{i}" for i in range(n_groups)]
+
+
+def test_tree_count_is_chosen_by_grouped_cv():
+    """``n_estimators=None``: validation datasets pick their model with the staged predictions.
+    When only the features carry the score the CV needs trees (they cut the prior's regret ten-fold); when the
+    prior already ranks perfectly and the features are noise it keeps zero rounds."""
+    sel = Selector(SelectorConfig(embedding="none", colsample_bytree=1.0, min_child_samples=2))
+    sel.feature_names_ = ["f", "g"]
+    X, label, scores, groups, init, names = _cv_problem(signal_in_feature=True)
+    n, cv = sel._cv_trees("rank", X, label, scores, groups, init, names)
+    assert cv["grid"] == list(TREE_GRID) and n > 0
+    assert cv["regret"][cv["grid"].index(n)] == min(cv["regret"]) < 0.1 * cv["regret"][0]
+    X, label, scores, groups, init, names = _cv_problem(signal_in_feature=False)
+    n, cv = sel._cv_trees("rank", X, label, scores, groups, init, names)
+    assert n == 0 and cv["regret"][0] == 0.0
+    # without a prior, zero rounds (a constant ranking) is not a candidate
+    n, cv = sel._cv_trees("rank", X, label, scores, groups, None, names)
+    assert 0 not in cv["grid"] and n > 0
+
+
+def test_zero_rounds_is_the_prior_alone_and_cv_is_recorded(graph):
+    d = graph.profiled[0]
+    h = graph.without_performance(d)
+    prior = Selector(SelectorConfig(embedding="none", n_estimators=0)).fit(h)
+    models, names, X = prior.features(h, d)
+    pred = prior.predict(h, d)
+    assert np.allclose([pred[m] for m in models], 3.0 * X[:, names.index("n.knn_score")])
+    assert prior.cv_ == {} and not any(prior.feature_importance().values())
+    sel = Selector(SelectorConfig(embedding="none", objective="both")).fit(h)
+    assert set(sel.cv_) == {"rank", "regress"}
+    for booster, kind in zip(sel._lgbm, ("rank", "regress")):
+        cv = sel.cv_[kind]
+        assert (0 if booster is None else booster.n_estimators) == cv["grid"][int(np.argmin(cv["regret"]))]
+    with pytest.raises(ValueError, match="n_estimators must be"):
+        SelectorConfig(n_estimators=-1)
+    with pytest.raises(ValueError, match="cv_folds must be"):
+        SelectorConfig(cv_folds=1)
+
+
+def test_probe_weight_is_chosen_by_cv(ref):
+    """``probe_init=None``: the probe's weight in the init score is cross-validated with the rounds.
+    A probe that is the fine-tuned loss itself earns a positive weight and ranks a held-out dataset
+    perfectly; the weight is recorded with the CV curve."""
+    records, models, datasets = ref
+    exact = [{**r, "metrics": {**r["metrics"], "zero_shot_loss": r["metrics"]["heldout_loss"]}} for r in records]
+    g = MatchingGraph.from_reference(exact, models, datasets, k=3)
+    d = g.profiled[2]
+    h = g.without_performance(d)
+    sel = Selector(SelectorConfig(embedding="none", probe=True, knn_init=0.0)).fit(h)
+    assert sel.cv_["rank"]["probe_init"] in PROBE_GRID and sel.cv_["rank"]["probe_init"] > 0
+    probe = {m: float(np.mean(v)) for m, v in g.raw(d).items()}
+    pred = sel.predict(h, d, probe=probe)
+    assert max(pred, key=pred.get) == min(probe, key=probe.get)
