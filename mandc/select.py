@@ -50,7 +50,8 @@ depend on the fine-tuning budget behind the graph (the probe predicts 20-step fi
 than 80-step) and on how many datasets the graph holds, which grows with every profiled dataset. So
 both are chosen at every fit by grouped K-fold cross-validation over the training datasets
 (:meth:`Selector._cv_trees`): the number of boosting rounds from ``TREE_GRID`` (0 = the prior alone)
-and, with the probe, its weight from ``PROBE_GRID``, by the validation datasets' mean regret. The CV
+and, with the probe, its weight from ``PROBE_GRID``, by the validation datasets' mean regret (ties,
+common because regret sees only the top pick, by the mean NDCG of their whole rankings). The CV
 sees only the graph it is fitted on, so under leave-one-dataset-out the held-out dataset never takes
 part in these choices. Measured with ``benchmarks/selection.py --seeds 5`` against the fixed values the
 first reference had led to (300 rounds, ``probe_init`` 20; ``--n-estimators 300 --probe-init 20``):
@@ -307,7 +308,7 @@ class Selector:
             if cfg.n_estimators is None or len(weights) > 1:  # cross-validate (rounds, probe weight)
                 cands = [(*self._cv_trees(kind, X, label, y, groups, self._init_score(X, v), profiled,
                                           fixed=cfg.n_estimators), v) for v in weights]
-                n, cv, w = min(cands, key=lambda c: (min(c[1]["regret"]), c[0], c[2]))  # ties: fewer rounds, smaller weight
+                n, cv, w = min(cands, key=lambda c: _cv_key(c[1], c[0]) + (c[2],))  # ties: as in _cv_trees, then a smaller weight
                 self.cv_[kind] = {**cv, "probe_init": w} if cfg.probe else cv
             self._probe_w.append(w)
             self._lgbm.append(self._booster(kind, X, label, groups, self._init_score(X, w), n) if n > 0 else None)
@@ -337,12 +338,14 @@ class Selector:
         staged predictions (``init + Σ_{t ≤ T} tree_t``) pick a model on each validation dataset ``d``:
         ``regret_T(d) = max_m s(m, d) - s(argmax_m pred_T(m, d), d)`` with ``s`` the normalised score.
         ``T = 0`` (the prior alone) competes only when there is a prior (``knn_init``/``probe_init``).
-        Ties go to fewer rounds. Returns ``(T, {"grid": [...], "regret": [...]})``."""
+        Ties go to the better mean NDCG of the validation rankings (gains ``s``), then to fewer rounds.
+        Returns ``(T, {"grid": [...], "regret": [...], "ndcg": [...]})``, the means per grid entry."""
         grid = [t for t in TREE_GRID if t > 0 or init is not None] if fixed is None else [fixed]
         starts = np.cumsum([0] + groups)
         where = {d: i for i, d in enumerate(profiled)}
         folds = _dataset_folds(profiled, min(self.cfg.cv_folds, len(profiled)), self.cfg.seed)
         regret = np.zeros((len(grid), len(profiled)))  # [T, dataset]
+        ndcg = np.zeros((len(grid), len(profiled)))
 
         def rows(gs):
             return np.concatenate([np.arange(starts[g], starts[g + 1]) for g in gs])
@@ -360,10 +363,13 @@ class Selector:
                 for g in val:
                     p, sc = pred[off:off + groups[g]], scores[g]
                     regret[k, g] = sc.max() - sc[int(np.argmax(p))]
+                    ndcg[k, g] = _ndcg(p, sc)
                     off += groups[g]
-        mean = regret.mean(1)
-        best = int(np.argmin(mean))  # the first minimum: ties go to fewer rounds
-        return grid[best], {"grid": grid, "regret": [round(float(r), 5) for r in mean]}
+        mean, rank_q = regret.mean(1), ndcg.mean(1)
+        # regret looks at the top pick only, so equal regrets are common: the whole ranking (NDCG)
+        # breaks those ties, then fewer rounds
+        cv = {"grid": grid, "regret": [round(float(r), 5) for r in mean], "ndcg": [round(float(r), 5) for r in rank_q]}
+        return min(grid, key=lambda t: _cv_key(cv, t)), cv
 
     def _init_score(self, X: np.ndarray, probe_w: float = 0.0):
         """``knn_init · n.knn_score + probe_w · z.probe`` per row (None when both are off): the trees
@@ -440,6 +446,19 @@ class Selector:
             if r is not None:  # None: zero rounds, the prior alone
                 imp += r.booster_.feature_importance(importance_type="gain")
         return dict(sorted(zip(self.feature_names_, imp.tolist()), key=lambda kv: -kv[1]))
+
+
+def _cv_key(cv: dict, rounds: int) -> tuple:
+    """Sort key of a CV result at ``rounds``: lower mean regret, then higher mean NDCG, then fewer rounds."""
+    k = cv["grid"].index(rounds)
+    return cv["regret"][k], -cv["ndcg"][k], rounds
+
+
+def _ndcg(pred: np.ndarray, gain: np.ndarray) -> float:
+    """NDCG of the ranking ``pred`` (higher first) with gains ``gain`` (the normalised scores)."""
+    disc = 1.0 / np.log2(np.arange(2, len(gain) + 2))
+    ideal = float(np.sort(gain)[::-1] @ disc)
+    return float(gain[np.argsort(-pred, kind="stable")] @ disc) / ideal if ideal > 0 else 1.0
 
 
 def _dataset_folds(datasets: list[str], k: int, seed: int) -> list[list[str]]:
