@@ -109,7 +109,7 @@ class Recommendation:
     probe: bool = False
     probe_skipped: dict[str, str] = field(default_factory=dict)
     graph: dict = field(default_factory=dict)      # {"models", "datasets", "profiled", "key"}
-    selector: dict = field(default_factory=dict)   # the SelectorConfig used (empty when measured)
+    selector: dict = field(default_factory=dict)   # the SelectorConfig used, + "fitted": what its fit chose (empty when measured)
     cached: bool = False                           # the prediction or the fitted selector came from a cache
     seconds: float = 0.0
 
@@ -186,6 +186,16 @@ def recommendation_table(rec: Recommendation, full: bool = False):
         t.caption = "nearest profiled datasets: " + ", ".join(
             f"{_short(n['dataset'])} ({n['similarity']:.2f}, best {n['winner']})" for n in rec.nearest)
     return t
+
+
+def _fitted_note(fitted: dict, profiled: int) -> str:
+    """One sentence on what the selector's fit chose (``Selector.fitted_summary()`` of one objective)."""
+    rounds = fitted.get("rounds", 0)
+    what = "the neighbour prior alone (0 boosting rounds)" if rounds == 0 else f"{rounds} boosting rounds over the neighbour prior"
+    if "probe_init" in fitted:
+        what += f", zero-shot probe weight {fitted['probe_init']:g}"
+    how = f"chosen by {fitted['cv_folds']}-fold cross-validation" if "cv_folds" in fitted else "as configured"
+    return f"selector: {what}, {how} over the graph's {profiled} profiled datasets"
 
 
 def _mixture_text(mixture: dict[str, float], show: int = 3) -> str:
@@ -321,36 +331,39 @@ class Planner:
             self._prune()
         return sel, False
 
-    def _predict(self, base, graph, ref: str, cfg, probe_losses: dict) -> tuple[dict[str, float], bool]:
-        """``(scores, from_cache)`` for target ``ref``.
+    def _predict(self, base, graph, ref: str, cfg, probe_losses: dict) -> tuple[dict[str, float], bool, dict]:
+        """``(scores, from_cache, fitted)`` for target ``ref``; ``fitted`` is what the selector's fit chose
+        (:meth:`~mandc.select.Selector.fitted_summary`: boosting rounds, probe weight).
 
         A target that is a node of the planner's graph (every catalog dataset of the shipped reference)
         depends only on the cache key, so after a fit the predictions of *all* such nodes that are not
-        fully profiled are written to ``predictions-<key>.json``: later calls — in any process — answer
-        from that file without importing torch, PyG or LightGBM. Probe predictions are never cached."""
+        fully profiled are written to ``predictions-<key>.json`` (``{"predictions": {ref: scores},
+        "fitted": ...}``): later calls — in any process — answer from that file without importing torch,
+        PyG or LightGBM. Probe predictions are never cached."""
         key = self._cache_key(cfg)
         path = self.cache_dir / f"predictions-{key}.json" if self.cache_dir is not None else None
         in_base = ref in base.datasets
         if in_base and not cfg.probe and path is not None and path.is_file():
             try:
                 cached = json.loads(path.read_text())
-                if ref in cached:
+                if ref in cached["predictions"]:
                     os.utime(path)
-                    return cached[ref], True
-            except (OSError, ValueError):
+                    return cached["predictions"][ref], True, cached["fitted"]
+            except (OSError, ValueError, KeyError, TypeError):
                 pass
         sel, from_cache = self.fitted_selector(base, cfg, key)
+        fitted = sel.fitted_summary()
         if cfg.probe:
-            return sel.predict(graph, ref, probe=probe_losses), from_cache
+            return sel.predict(graph, ref, probe=probe_losses), from_cache, fitted
         if not in_base:
-            return sel.predict(graph, ref), from_cache
+            return sel.predict(graph, ref), from_cache, fitted
         models = set(base.models)
         todo = [d for d in base.datasets if d == ref or not set(base.scores(d)) >= models]
         preds = {d: sel.predict(base, d) for d in todo}
         if path is not None:
-            _atomic_write(path, json.dumps(preds).encode())
+            _atomic_write(path, json.dumps({"predictions": preds, "fitted": fitted}).encode())
             self._prune()
-        return preds[ref], from_cache
+        return preds[ref], from_cache, fitted
 
     def _prune(self) -> None:
         """Keep the ``CACHE_KEEP`` most recently used fitted selectors and prediction files."""
@@ -430,8 +443,10 @@ class Planner:
                     notes.append("no candidate could be probed: predicted without the probe")
                     probe = False
             cfg = self.selector_config(probe=probe)
-            scores, cached = self._predict(base, graph, ref, cfg, probe_losses)
+            scores, cached, fitted = self._predict(base, graph, ref, cfg, probe_losses)
             cfg_dict = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))  # plain JSON types
+            cfg_dict["fitted"] = fitted
+            notes.append(_fitted_note(fitted.get("rank") or next(iter(fitted.values()), {}), len(base.profiled)))
             if measured_scores:
                 notes.append(f"{ref} has measurements for {len(measured_scores)} of {len(models)} models (shown as "
                              f"measured_loss); the ranking is predicted")

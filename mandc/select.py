@@ -439,6 +439,19 @@ class Selector:
             winners[ref] = max(sc, key=lambda m: (sc[m], m)) if sc else None
         return {"nearest": near, "winners": winners}
 
+    def fitted_summary(self) -> dict[str, dict]:
+        """What the fit chose, per objective: ``{"rank": {"rounds": T, "probe_init": w}}`` (``probe_init``
+        only with the probe; ``cv_folds`` when the CV chose them)."""
+        out = {}
+        kinds = [k for k in ("rank", "regress") if self.cfg.objective in (k, "both")]
+        for kind, r, w in zip(kinds, self._lgbm, self._probe_w):
+            out[kind] = {"rounds": 0 if r is None else int(r.n_estimators)}
+            if self.cfg.probe:
+                out[kind]["probe_init"] = float(w)
+            if kind in self.cv_:
+                out[kind]["cv_folds"] = self.cfg.cv_folds
+        return out
+
     def feature_importance(self) -> dict[str, float]:
         """Total split gain per feature, summed over the fitted LightGBM models, largest first."""
         imp = np.zeros(len(self.feature_names_))

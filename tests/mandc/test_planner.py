@@ -56,12 +56,18 @@ def test_unprofiled_builtin_is_predicted_and_the_fit_is_cached(tmp_path, store):
         assert all(x["won"] == (n["winner"] == e.model) for x, n in zip(e.evidence, rec.nearest))
     assert rec.entries[0].mixture and abs(sum(rec.entries[0].mixture.values()) - 1) < 1e-3
     assert len(list((tmp_path / "cache").glob("selector-*.pkl"))) == 1
-    preds = json.loads(next((tmp_path / "cache").glob("predictions-*.json")).read_text())
+    cached = json.loads(next((tmp_path / "cache").glob("predictions-*.json")).read_text())
+    preds = cached["predictions"]
     assert set(preds) == {"builtin:shapes_triangles", "builtin:digits_inverted", "builtin:gradients_diagonal"}
+    # what the fit chose travels with the answer (and with the cache): rounds from the CV's grid
+    from mandc.select import TREE_GRID
+    assert rec.selector["fitted"] == cached["fitted"] and rec.selector["fitted"]["rank"]["rounds"] in TREE_GRID
+    assert any(n.startswith("selector: ") and "cross-validation" in n for n in rec.notes)
     assert store.content_hash() == before  # recommending never writes the store
     # a new planner (as in a fresh process) answers from the cached predictions: same answer
     again = Planner(Store(store.path), cache_dir=tmp_path / "cache").recommend("builtin:shapes_triangles", top_k=2)
     assert again.cached and [(e.model, e.score) for e in again.entries] == [(e.model, e.score) for e in rec.entries]
+    assert again.selector["fitted"] == rec.selector["fitted"] and again.notes == rec.notes
     # ... and the cached selector, loaded from disk, predicts the same for another unprofiled node
     p = Planner(Store(store.path), cache_dir=tmp_path / "cache")
     sel, from_cache = p.fitted_selector(p.graph(), p.selector_config())
