@@ -446,7 +446,7 @@ class Planner:
             scores, cached, fitted = self._predict(base, graph, ref, cfg, probe_losses)
             cfg_dict = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))  # plain JSON types
             cfg_dict["fitted"] = fitted
-            notes.append(_fitted_note(fitted.get("rank") or next(iter(fitted.values()), {}), len(base.profiled)))
+            notes.append(_fitted_note(next(iter(fitted.values()), {}), len(base.profiled)))  # the first objective
             if measured_scores:
                 notes.append(f"{ref} has measurements for {len(measured_scores)} of {len(models)} models (shown as "
                              f"measured_loss); the ranking is predicted")

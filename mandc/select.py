@@ -118,7 +118,6 @@ class SelectorConfig:
         if self.label not in ("score", "rank"):
             raise ValueError(f"SelectorConfig.label must be 'score' or 'rank', got {self.label!r}")
 
-
     def colsample(self) -> float:
         """The column fraction per tree (the default depends on the probe, see the field comment)."""
         if self.colsample_bytree is not None:
@@ -330,11 +329,12 @@ class Selector:
         return lgb.LGBMRegressor(objective="regression", **common).fit(X, np.concatenate(label), init_score=init)
 
     def _cv_trees(self, kind, X, label, scores, groups, init, profiled, fixed: int | None = None) -> tuple[int, dict]:
-        """The number of boosting rounds from ``TREE_GRID`` with the lowest mean regret in grouped
+        """The number of boosting rounds from ``TREE_GRID`` (just ``fixed`` when given: the curve then
+        only scores a probe weight) with the lowest mean regret in grouped
         K-fold cross-validation over the training datasets (``cv_folds``; the crossfit folds when
         their number matches, so a validation row's GNN embedding never saw its own edges).
 
-        For every fold, one booster of ``max(TREE_GRID)`` rounds is fitted on the other folds and its
+        For every fold, one booster of the grid's largest number of rounds is fitted on the other folds and its
         staged predictions (``init + Σ_{t ≤ T} tree_t``) pick a model on each validation dataset ``d``:
         ``regret_T(d) = max_m s(m, d) - s(argmax_m pred_T(m, d), d)`` with ``s`` the normalised score.
         ``T = 0`` (the prior alone) competes only when there is a prior (``knn_init``/``probe_init``).
@@ -406,7 +406,7 @@ class Selector:
 
     def features(self, graph: MatchingGraph, dataset_ref: str, probe: dict | None = None):
         """``(models, names, X [M, F])``: the rows ``predict`` scores for ``dataset_ref``."""
-        if not getattr(self, "fitted_", False):
+        if not self.fitted_:
             raise RuntimeError("Selector.predict before fit")
         if self.cfg.probe and not probe:
             raise ValueError("this selector uses the zero-shot probe: pass probe={model ref: zero-shot loss}")
