@@ -97,7 +97,7 @@ def test_validation_images_are_outside_the_calibration_batch():
 def test_importing_profiler_is_light():
     code = ("import sys, profiler; assert 'torch' not in sys.modules and 'scipy' not in sys.modules; "
             "assert 'profile_bits' in dir(profiler)")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(Path(__file__).parents[2]))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(Path(__file__).parents[3]))
     import profiler
     from profiler.mpq.profile import profile_bits
 
