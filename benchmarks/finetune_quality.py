@@ -32,8 +32,8 @@ SCALE_VARIANTS = {
 ZO_VARIANTS = {
     "zo-ti": ("zo-ti", {}),
     "zo-ti-no-subspace": ("zo-ti", {"subspace": False}),
-    "zo-ti-no-timestep-sampling": ("zo-ti", {"partial_timesteps": False}),
-    "zo-ti-plain": ("zo-ti", {"subspace": False, "partial_timesteps": False}),
+    "zo-ti-no-timestep-sampling": ("zo-ti", {"timestep_min": 0, "timestep_max": 1000}),
+    "zo-ti-plain": ("zo-ti", {"subspace": False, "timestep_min": 0, "timestep_max": 1000}),
     # the ceiling: backprop textual inversion, full precision, same steps and Adam lr as zo-ti
     "ti-backprop": ("ti", {"lr": 5e-3}),
 }

@@ -2,7 +2,6 @@
 import importlib as _importlib
 
 # Lazy exports (PEP 562): ``import mandc`` stays cheap; the module is imported on first attribute use.
-# Other parts add their names to this table.
 _EXPORTS = {
     # planner and store
     "Planner": "mandc.planner",

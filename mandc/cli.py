@@ -407,7 +407,6 @@ def profile_cmd(
                   "denoising loss after/before fine-tuning, lower is better", highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(1)
-# ------------------------------------------------------------------------------------ end of profile
 
 
 def main() -> None:  # console-script entry point

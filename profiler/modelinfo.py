@@ -36,9 +36,10 @@ import re
 import struct
 from pathlib import Path
 
+from data.features import PROJECTION_DIM
 from finetune.refs import ModelRefError, parse_model_ref
 
-CARD_DIM = 16  # = data.features.PROJECTION_DIM
+CARD_DIM = PROJECTION_DIM  # a card is embedded like a dataset's captions (the same 384→16 projection)
 SHAPE_KEYS = ("is_dit", "log10_params", "depth", "width", "resolution", "text_dim", "pretrain_steps")
 
 

@@ -24,7 +24,7 @@ OPTIMIZERS = ("adamw", "fp32-master", "remainder", "remainder-in-backward")
 
 
 def option(default, help: str, **kw):
-    """A dataclass field carrying ``help`` text (peft style), shown by ``mandc finetune --help-method``."""
+    """A dataclass field carrying ``help`` text (peft style), listed by ``mandc methods``."""
     return field(default=default, metadata={"help": help, **kw})
 
 

@@ -19,7 +19,8 @@ through Adam's large ε.
   them per feature, fit PCA, find i* = the first index whose cumulative explained-variance ratio exceeds
   1 − ν (ν = 1e-3), and take P = the principal directions after i* (the low-variance ones). Until the next
   refresh ĝ ← ĝ − (ĝ Pᵀ) P. No projection before the first refresh.
-- **Partial uniform timestep sampling** (``partial_timesteps=True``): t ~ U{500, …, 899} of T = 1000.
+- **Partial uniform timestep sampling** (``timestep_min=500, timestep_max=900``, the defaults here): t ~
+  U{500, …, 899} of T = 1000; ``timestep_min=0, timestep_max=1000`` samples the full range.
 - **Optimiser**: Adam on ĝ, β = (0.9, 0.999), ε = 1e-3 added to √v̂, lr 5e-3 (paper).
 - The model is quantized first: INT8 weights for every Linear/Conv2d of the denoiser, the text encoder
   and the VAE (the embedding table stays in full precision: θ is a row of it).
@@ -52,11 +53,10 @@ class ZOTIConfig(MethodConfig):
     subspace: bool = option(True, "project out low-variance PCA directions of θ's recent history")
     tau: int = option(128, "history length τ and PCA refresh period")
     nu: float = option(1e-3, "explained-variance threshold ν")
-    partial_timesteps: bool = option(True, "sample t ~ U{500..899} (False: the full range)")
     normalize: str = option("code", "'code': the public code's gradient normalisation; 'paper': 1/n")
     quant_bits: int = option(8, "weight bits of the quantized denoiser, text encoder and VAE")
-    timestep_min: int = option(500, "used when partial_timesteps is on")
-    timestep_max: int = option(900, "used when partial_timesteps is on")
+    timestep_min: int = option(500, "partial timestep sampling: t ~ U{timestep_min..timestep_max-1} (0: full range)")
+    timestep_max: int = option(900, "upper end (exclusive) of the sampled timesteps, of T=1000 (1000: full range)")
 
     def validate(self) -> None:
         super().validate()
@@ -141,11 +141,6 @@ class ZeroOrderTI(Method):
 
     def make_optimizer(self):
         return None  # Adam on ĝ lives in step(): no torch optimizer, no autograd
-
-    def sample_timesteps(self, n: int, g: torch.Generator) -> torch.Tensor:
-        if self.config.partial_timesteps:
-            return super().sample_timesteps(n, g)
-        return torch.randint(0, self.model.num_train_timesteps, (n,), generator=g)
 
     @torch.no_grad()
     def _loss(self, x_t, t, target, ids) -> float:

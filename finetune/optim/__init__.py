@@ -9,7 +9,7 @@
         opt.zero_grad()
 """
 from finetune.optim.bf16_split import merge_fp32, round_to_bf16, split_fp32
-from finetune.optim.reference import Fp32MasterAdamW
+from finetune.optim.fp32_master import Fp32MasterAdamW
 from finetune.optim.remainder_adamw import RemainderAdamW, adamw_update_
 
 __all__ = ["RemainderAdamW", "Fp32MasterAdamW", "split_fp32", "merge_fp32", "round_to_bf16", "adamw_update_"]
