@@ -3,6 +3,7 @@ bad input."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,24 +34,46 @@ def cfg_for(method: str, **kw) -> dict:
     return base
 
 
+def _tensors(model: T2IModel) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of the model's parts, by name, copied."""
+    parts = {"denoiser": model.denoiser, "text_encoder": model.text_encoder, "vae": getattr(model, "vae", None)}
+    return {f"{part}.{k}": v.detach().clone() for part, module in parts.items() if module is not None
+            for k, v in module.state_dict().items()}
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_each_method_trains_and_saves(method, small_data, tmp_path):
+def test_each_method_trains_only_its_tensors_and_saves(method, small_data, tmp_path, monkeypatch):
+    """The held-out loss falls; every tensor the method trains changes, and once those are put back the
+    whole model (denoiser, text encoder, VAE: parameters and buffers) equals the prepared model before the
+    first step, so nothing else moved."""
+    cls = get_method(method)
+    prepared = {}
+    make_optimizer = cls.make_optimizer
+
+    def spy(self):  # called once, after setup_ and before the first step
+        prepared["tensors"] = _tensors(self.model)
+        prepared["trained"] = [(t, t.detach().clone()) for t in self.trainable()]
+        return make_optimizer(self)
+
+    monkeypatch.setattr(cls, "make_optimizer", spy)
     model = tiny_model()
-    before = {k: v.clone() for k, v in model.denoiser.state_dict().items()}
     res = run(model, small_data, method, cfg_for(method), tmp_path)
     assert res.steps == STEPS and len(res.losses) == STEPS
     assert all(torch.isfinite(torch.tensor(res.losses)))
-    assert res.trainable_params > 0 and res.peak_mem_bytes >= 0
-    assert res.heldout_loss_before is not None and res.heldout_loss_after is not None
-    for path in res.artefacts.values():
-        assert (tmp_path / path).exists() or __import__("pathlib").Path(path).exists()
+    assert res.heldout_loss_after < res.heldout_loss_before
+    trained = prepared["trained"]
+    assert res.trainable_params == sum(t.numel() for t, _ in trained) > 0
+    with torch.no_grad():
+        for i, (t, t0) in enumerate(trained):
+            assert not torch.equal(t, t0), f"trainable tensor {i} {tuple(t.shape)} did not change"
+            t.copy_(t0)  # put back (a view, e.g. a token's embedding row, restores its table's row)
+    after = _tensors(model)
+    assert after.keys() == prepared["tensors"].keys()
+    moved = [k for k, v in prepared["tensors"].items() if not torch.equal(v, after[k])]
+    assert not moved, f"frozen tensors changed: {moved[:5]}"
+    assert res.artefacts and all(Path(p).exists() and tmp_path in Path(p).parents for p in res.artefacts.values())
     saved = json.loads((tmp_path / "result.json").read_text())
     assert saved["method"] == method and saved["losses"] == res.losses
-    if method in ("lora", "qta-lora", "ti", "zo-ti"):
-        # only adapters / the new token train: every original denoiser weight is untouched
-        after = model.denoiser.state_dict()
-        kept = [k for k in before if k in after]
-        assert kept and all(torch.equal(before[k], after[k]) for k in kept)
 
 
 def _outputs(model: T2IModel, prompts=("a red circle",)) -> torch.Tensor:
@@ -172,6 +195,9 @@ def test_zo_ti_builds_no_graph_and_quantizes_everything(small_data, tmp_path):
 
 
 def test_subspace_projector_removes_low_variance_directions():
+    """θ's history moves in 3 directions only: PCA (on the per-feature standardised history) keeps those 3
+    and P is exactly the other 13, orthogonal to them; projecting leaves a high-variance direction alone
+    and removes a low-variance one."""
     from finetune.methods.zo_ti import SubspaceProjector
 
     torch.manual_seed(0)
@@ -181,10 +207,19 @@ def test_subspace_projector_removes_low_variance_directions():
     for i in range(32):  # history moves in 3 directions only
         p.push(basis[:3].T @ torch.randn(3) * 5)
     i_star = p.refresh()
-    assert i_star <= 3 and p.P.shape[1] == d
-    g = torch.randn(d)
-    out = p.project(g)
-    assert torch.allclose(out @ p.P.T, torch.zeros(p.P.shape[0]), atol=1e-5)
+    assert i_star == 2 and p.P.shape == (d - 3, d) and p.n_projected == d - 3
+    torch.testing.assert_close(p.P @ p.P.T, torch.eye(d - 3), atol=1e-5, rtol=0)  # orthonormal rows
+    # the history's directions in the standardised coordinates PCA sees: x ↦ x / std
+    std = torch.stack(p.history).std(0, unbiased=False)
+    high = basis[:3] / std                                                        # [3, d]
+    high = torch.linalg.qr(high.T)[0].T                                           # orthonormal, same span
+    assert (p.P @ high.T).abs().max() < 1e-4                                      # P ⟂ every kept direction
+    g = high.T @ torch.randn(3)
+    torch.testing.assert_close(p.project(g), g, atol=1e-5, rtol=0)               # kept as is
+    low = p.P.T @ torch.randn(d - 3)
+    assert p.project(low).norm() < 1e-5 * low.norm()                              # removed
+    mixed = p.project(g + low)
+    torch.testing.assert_close(mixed, g, atol=1e-4, rtol=0)
 
 
 def test_bad_input(small_data, tmp_path):
