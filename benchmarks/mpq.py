@@ -59,6 +59,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from data.io import atomic_write
+
 ALLOCATORS = ("mpq", "uniform", "random", "sensitivity")
 
 
@@ -401,10 +403,7 @@ def main(argv=None) -> int:
 
 def _write_json(path: Path | None, results: dict) -> None:
     if path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(results, indent=1) + "\n")
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -23,23 +23,16 @@ import time
 VARIANTS = ("fp32-master", "remainder", "remainder-in-backward")
 
 
-def _rss(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def run_one(variant: str, width: int, layers: int, tokens: int, steps: int, device: str) -> dict:
     import torch
     from torch import nn
 
+    from finetune.memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
     from finetune.optim import Fp32MasterAdamW, RemainderAdamW
 
     torch.set_num_threads(1)
     cuda = device == "cuda"
-    base = 0 if cuda else _rss("VmRSS")  # the interpreter and torch, before any tensor of the model
+    base = 0 if cuda else current_rss_bytes()  # the interpreter and torch, before any tensor of the model
     torch.manual_seed(0)
     model = nn.Sequential(*[nn.Linear(width, width) for _ in range(layers)]).to(device)  # fp32: converted below
     n_params = sum(p.numel() for p in model.parameters())
@@ -52,8 +45,7 @@ def run_one(variant: str, width: int, layers: int, tokens: int, steps: int, devi
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     else:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS
+        reset_peak_rss()  # VmHWM := the current RSS
     x = torch.randn(tokens, width, device=device).bfloat16()
     times = []
     for _ in range(steps):
@@ -65,7 +57,7 @@ def run_one(variant: str, width: int, layers: int, tokens: int, steps: int, devi
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() if cuda else _rss("VmHWM") - base
+    peak = torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes() - base
     return {"variant": variant, "params": n_params, "peak_bytes": peak, "peak_bytes_per_param": peak / n_params,
             "state_bytes_per_param": _state_bytes(model, opt) / n_params,
             "step_seconds_median": sorted(times)[len(times) // 2]}

@@ -26,6 +26,7 @@ import time
 import torch
 from torch import nn
 
+from finetune.memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
 from finetune.qta.apply import apply_qta_lora_, qta_lora_parameters
 
 
@@ -133,25 +134,16 @@ def convergence(tokens, width, layers, r, steps, lr, seed=0) -> dict:
 KINDS = ("fp32-lora", "qta-fp32grad", "qta-int8grad")
 
 
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(field)
-
-
 def step_peak_one(kind, tokens, width, layers, r) -> int:
     """Bytes a training step adds on top of the model (run in a fresh process, see ``step_peaks``)."""
     model, params = build(kind, _stack(width, layers, 0), r, r)
     opt = torch.optim.AdamW(params, lr=1e-4)
     x = torch.randn(tokens, width).requires_grad_(True)
-    base = _status("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+    base = current_rss_bytes()
+    reset_peak_rss()
     model(x).pow(2).mean().backward()
     opt.step()
-    return _status("VmHWM") - base
+    return peak_rss_bytes() - base
 
 
 def step_peaks(tokens, width, layers, r) -> dict:

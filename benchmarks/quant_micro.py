@@ -21,14 +21,6 @@ import sys
 VARIANTS = ("peqa", "tuneqdm", "naive")
 
 
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(field)
-
-
 def _naive_(model):
     """Swap every quantized layer for a plain-autograd TuneQDM layer sharing its codes and scales."""
     import torch
@@ -64,6 +56,7 @@ def run_one(model_kind: str, variant: str) -> dict:
     import torch
     from torch import nn
 
+    from finetune.memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
     from finetune.quant import mark_only_scales_trainable_, quantize_
 
     torch.set_num_threads(1)
@@ -91,14 +84,13 @@ def run_one(model_kind: str, variant: str) -> dict:
     if variant == "naive":
         _naive_(model)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    base = _status("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+    base = current_rss_bytes()
+    reset_peak_rss()
     for _ in range(2):
         call(model).pow(2).mean().backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    return {"model": model_kind, "variant": variant, "step_peak_MiB": round((_status("VmHWM") - base) / 2**20, 1)}
+    return {"model": model_kind, "variant": variant, "step_peak_MiB": round((peak_rss_bytes() - base) / 2**20, 1)}
 
 
 def main(argv=None):

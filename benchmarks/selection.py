@@ -49,6 +49,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from data.io import atomic_write
     from mandc.evaluate import SELECTOR_NAMES, evaluate, load_graph, mandc_config
 
     selectors = tuple(s.strip() for s in args.selectors.split(",")) if args.selectors else SELECTOR_NAMES
@@ -64,11 +65,7 @@ def main(argv=None) -> int:
     print()
     print(json.dumps(out, indent=2))
     if args.json_path:
-        p = Path(args.json_path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(out, indent=2) + "\n")
-        os.replace(tmp, p)
+        p = atomic_write(args.json_path, json.dumps(out, indent=2) + "\n")
         print(f"wrote {p}", file=sys.stderr)
     return 0
 

@@ -1,13 +1,31 @@
-"""Datasets: imagefolder I/O, the built-in offline catalog, dataset features."""
-from data.catalog import CatalogEntry, families, get_entry, list_catalog, load_builtin
-from data.dataset import DatasetError, ImageTextDataset, SplitDataset, center_square, split_heldout
-from data.features import DatasetFeatures, similarity_matrix
-from data.imagefolder import from_records, read_imagefolder, write_imagefolder
-from data.refs import load_dataset
-from data.text import embed_captions, minilm_path
+"""Datasets: imagefolder I/O, the built-in offline catalog, dataset features.
 
-__all__ = ["DatasetError", "ImageTextDataset", "SplitDataset", "center_square", "split_heldout",
-           "embed_captions", "minilm_path",
-           "load_dataset", "read_imagefolder", "write_imagefolder", "from_records",
-           "CatalogEntry", "list_catalog", "families", "get_entry", "load_builtin",
-           "DatasetFeatures", "similarity_matrix"]
+The names are re-exported lazily (PEP 562), so ``import data`` (and ``data.io``) does not import torch,
+numpy or PIL; a name's module is imported when the name is first used.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "CatalogEntry": "data.catalog", "families": "data.catalog", "get_entry": "data.catalog",
+    "list_catalog": "data.catalog", "load_builtin": "data.catalog",
+    "DatasetError": "data.dataset", "ImageTextDataset": "data.dataset", "SplitDataset": "data.dataset",
+    "center_square": "data.dataset", "split_heldout": "data.dataset",
+    "DatasetFeatures": "data.features", "similarity_matrix": "data.features",
+    "from_records": "data.imagefolder", "read_imagefolder": "data.imagefolder", "write_imagefolder": "data.imagefolder",
+    "load_dataset": "data.refs",
+    "embed_captions": "data.text", "minilm_path": "data.text",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'data' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

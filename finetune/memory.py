@@ -28,11 +28,13 @@ def _status_kib(key: str) -> int | None:
 
 
 def current_rss_bytes() -> int:
+    """The process's resident set size now, in bytes (``VmRSS``; the lifetime peak where /proc is missing)."""
     kib = _status_kib("VmRSS")
     return kib * 1024 if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _reset_cpu_peak() -> bool:
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak RSS (``VmHWM``) to the current RSS; False where ``clear_refs`` is not writable."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -41,7 +43,8 @@ def _reset_cpu_peak() -> bool:
         return False
 
 
-def _cpu_peak_bytes() -> int:
+def peak_rss_bytes() -> int:
+    """The process's peak RSS in bytes since the last :func:`reset_peak_rss` (the lifetime peak without one)."""
     kib = _status_kib("VmHWM")
     return kib * 1024 if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
@@ -71,7 +74,7 @@ class PeakMemory:
             self.base_bytes = torch.cuda.memory_allocated(self.device)
             self.method = "cuda_max_memory_allocated"
         else:
-            self.reset = _reset_cpu_peak()
+            self.reset = reset_peak_rss()
             self.base_bytes = current_rss_bytes()
             self.method = "cpu_peak_rss" if self.reset else "cpu_peak_rss_lifetime"
         return self
@@ -86,7 +89,7 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
-            self.reset = _reset_cpu_peak() and self.reset
+            self.reset = reset_peak_rss() and self.reset
         self.peak_bytes = 0
 
     def sample(self) -> int:
@@ -95,7 +98,7 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             peak = torch.cuda.max_memory_allocated(self.device)
         else:
-            peak = _cpu_peak_bytes()
+            peak = peak_rss_bytes()
         self.peak_bytes = max(self.peak_bytes, peak - self.base_bytes)
         return self.peak_bytes
 
@@ -107,7 +110,8 @@ class PeakMemory:
                 "method": self.method, "device": str(self.device)}
 
 
-__all__ = ["PeakMemory", "current_rss_bytes", "enable_gradient_checkpointing_", "materialize_"]
+__all__ = ["PeakMemory", "current_rss_bytes", "enable_gradient_checkpointing_", "materialize_", "peak_rss_bytes",
+           "reset_peak_rss"]
 
 
 @torch.no_grad()

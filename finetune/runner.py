@@ -38,6 +38,8 @@ from pathlib import Path
 
 import torch
 
+from data.io import atomic_output, atomic_write
+from finetune.device import resolve_device
 from finetune.memory import PeakMemory, enable_gradient_checkpointing_
 from finetune.methods import MethodConfig, TrainData, get_method
 
@@ -81,12 +83,6 @@ def _versions() -> dict[str, str]:
 
     return {"torch": torch.__version__, "diffusers": diffusers.__version__,
             "transformers": transformers.__version__, "python": platform.python_version()}
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _fingerprint(model_ref: str, dataset_ref: str, method: str, config: dict) -> str:
@@ -155,8 +151,7 @@ def run(model, dataset, method: str, config: MethodConfig | dict | None = None, 
             return FinetuneResult.from_dict(prev)
 
     t_start = time.perf_counter()
-    dev = torch.device(device) if device is not None else (
-        torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    dev = resolve_device(device)
     with PeakMemory(dev) as meter:
         if isinstance(model, (str, os.PathLike)):
             model = T2IModel.from_pretrained(model, device=dev)
@@ -212,13 +207,12 @@ def run(model, dataset, method: str, config: MethodConfig | dict | None = None, 
         mem_method=meter.method, device=str(dev), trainable_params=int(n_trainable),
         heldout_loss_before=before, heldout_loss_after=after, losses=losses, artefacts=artefacts,
         resumed_from=start, versions=_versions())
-    _atomic_write_text(out / RESULT, json.dumps({**result.to_dict(), "fingerprint": fp}, indent=2))
+    atomic_write(out / RESULT, json.dumps({**result.to_dict(), "fingerprint": fp}, indent=2))
     ckpt.unlink(missing_ok=True)
     return result
 
 
 def _save_checkpoint(path: Path, fp: str, step: int, m, g: torch.Generator, losses: list[float]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"fingerprint": fp, "step": step, "method_state": m.state_dict(), "optimizer": m.optimizer_state(),
-                "rng": g.get_state(), "losses": losses}, tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        torch.save({"fingerprint": fp, "step": step, "method_state": m.state_dict(), "optimizer": m.optimizer_state(),
+                    "rng": g.get_state(), "losses": losses}, tmp)

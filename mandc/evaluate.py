@@ -53,7 +53,7 @@ class MostFrequentWinner:
         profiled = graph.profiled
         for d in profiled:
             sc = graph.scores(d)
-            wins[max(sc, key=lambda m: (sc[m], m))] += 1
+            wins[graph.winner(d)] += 1
             for m, s in sc.items():
                 total[m] += s / len(profiled)
         self.score = {m: wins[m] + total[m] / 100 for m in graph.models}
@@ -188,8 +188,7 @@ def matrix_stats(graph: MatchingGraph) -> dict:
     """``{"models", "datasets", "max_winner_share", "distinct_winners"}`` of the measured matrix."""
     winners = Counter()
     for d in graph.profiled:
-        raw = graph.raw(d)
-        winners[min(raw, key=lambda m: (raw[m], m))] += 1
+        winners[graph.winner(d)] += 1
     n = len(graph.profiled)
     return {"models": len(graph.models), "datasets": n,
             "max_winner_share": max(winners.values()) / n if n else 0.0, "distinct_winners": len(winners)}

@@ -229,6 +229,20 @@ class MatchingGraph:
         """Model ref → normalised score on ``dataset_ref`` in [0, 1] (higher is better; {} if unprofiled)."""
         return {m: e["weight"] for m, e in self._perf(dataset_ref).items()}
 
+    def winner(self, dataset_ref: str) -> str | None:
+        """The best model on ``dataset_ref``: the highest normalised score (= the lowest mean held-out loss);
+        among exactly tied models, the ref that sorts first (as :func:`mandc.select.rank_of` orders them).
+        None if the dataset is unprofiled."""
+        scores = self.scores(dataset_ref)
+        return min(scores, key=lambda m: (-scores[m], m)) if scores else None
+
+    def mixture(self, ref: str) -> dict[str, float]:
+        """Model ``ref``'s pretraining mixture ``{family: weight}`` as the selector sees it: its ``mix_<family>``
+        features, normalised to sum 1 (``{}`` if it has none)."""
+        mix = {k[4:]: v for k, v in self.model_features(ref).items() if k.startswith("mix_") and v > 0}
+        total = sum(mix.values())
+        return {f: w / total for f, w in mix.items()} if total > 0 else {}
+
     def raw(self, dataset_ref: str) -> dict[str, float]:
         """Model ref → mean held-out loss over seeds on ``dataset_ref`` (lower is better)."""
         return {m: e["raw"] for m, e in self._perf(dataset_ref).items()}

@@ -45,7 +45,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mandc.store import DEFAULT_K, Store, StoreError, _dumps, mandc_home
+from data.io import atomic_write, canonical_json, mandc_home
+from mandc.store import DEFAULT_K, Store, StoreError
 
 CACHE_KEEP = 8          # fitted selectors kept in $MANDC_HOME/cache (newest first)
 NEAREST = 3             # profiled datasets quoted as evidence per recommendation
@@ -276,7 +277,7 @@ class Planner:
     def _graph_key(self) -> str:
         if self.store is not None:
             return f"store:{self.store.content_hash()}:k{self.k}"
-        return "graph:" + hashlib.sha256(_dumps(self._graph.to_json()).encode()).hexdigest()
+        return "graph:" + hashlib.sha256(canonical_json(self._graph.to_json()).encode()).hexdigest()
 
     def selector_config(self, probe: bool = False):
         """The ``SelectorConfig`` in use (with ``probe`` switched on for the probe path)."""
@@ -294,7 +295,7 @@ class Planner:
 
         h = hashlib.sha256()
         h.update(self._graph_key().encode())
-        h.update(_dumps(dataclasses.asdict(cfg)).encode())
+        h.update(canonical_json(dataclasses.asdict(cfg)).encode())
         here = Path(__file__).parent
         for name in _SELECTION_CODE:  # a code change must not reuse a selector fitted by the old code
             p = here / name
@@ -327,7 +328,7 @@ class Planner:
         sel = Selector(cfg).fit(graph)
         self._fitted[key] = sel
         if path is not None:
-            _atomic_write(path, pickle.dumps(sel, protocol=pickle.HIGHEST_PROTOCOL))
+            atomic_write(path, pickle.dumps(sel, protocol=pickle.HIGHEST_PROTOCOL))
             self._prune()
         return sel, False
 
@@ -361,7 +362,7 @@ class Planner:
         todo = [d for d in base.datasets if d == ref or not set(base.scores(d)) >= models]
         preds = {d: sel.predict(base, d) for d in todo}
         if path is not None:
-            _atomic_write(path, json.dumps({"predictions": preds, "fitted": fitted}).encode())
+            atomic_write(path, json.dumps({"predictions": preds, "fitted": fitted}).encode())
             self._prune()
         return preds[ref], from_cache, fitted
 
@@ -452,7 +453,7 @@ class Planner:
                              f"measured_loss); the ranking is predicted")
 
         entries = self._entries(graph, ref, models, scores, measured_raw, probe_losses)
-        nearest = [{"dataset": d, "similarity": round(s, 4), "winner": _winner(graph, d), "family": graph.family(d)}
+        nearest = [{"dataset": d, "similarity": round(s, 4), "winner": graph.winner(d), "family": graph.family(d)}
                    for d, s in graph.nearest(ref, n=NEAREST)]
         return Recommendation(
             dataset=ref, entries=entries, top_k=min(top_k, len(entries)), source=source, nearest=nearest, notes=notes,
@@ -469,10 +470,10 @@ class Planner:
         for rank, m in enumerate(order, 1):
             evidence = [{"dataset": d, "similarity": round(s, 4),
                          "score": None if near_scores[d].get(m) is None else round(near_scores[d][m], 4),
-                         "won": _winner(graph, d) == m} for d, s in near]
+                         "won": graph.winner(d) == m} for d, s in near]
             out.append(RankedModel(model=m, rank=rank, score=float(_finite(scores.get(m))),
                                    measured_loss=measured_raw.get(m), probe_loss=probe_losses.get(m),
-                                   evidence=evidence, mixture=_mixture(graph, m)))
+                                   evidence=evidence, mixture={f: round(w, 4) for f, w in graph.mixture(m).items()}))
         return out
 
     # ------------------------------------------------------------------ feedback
@@ -560,27 +561,7 @@ def probe_models(models: list[str], ds) -> tuple[dict[str, float], dict[str, str
     return losses, skipped
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _finite(x) -> float:
     return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else -math.inf
 
 
-def _winner(graph, dataset: str) -> str | None:
-    s = graph.scores(dataset)
-    return max(sorted(s), key=lambda m: s[m]) if s else None
-
-
-def _mixture(graph, model: str) -> dict[str, float]:
-    info = graph.model_info(model)
-    mix = info.get("mixture")
-    if isinstance(mix, dict) and mix:
-        total = sum(v for v in mix.values() if isinstance(v, (int, float))) or 1.0
-        return {k: round(float(v) / total, 4) for k, v in mix.items() if isinstance(v, (int, float)) and v > 0}
-    feats = graph.model_features(model)
-    return {k[4:]: round(v, 4) for k, v in feats.items() if k.startswith("mix_") and v > 0}

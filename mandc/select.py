@@ -128,13 +128,6 @@ class SelectorConfig:
         return asdict(self)
 
 
-def _mixture(graph: MatchingGraph, model: str) -> dict[str, float]:
-    """``{family: weight}`` from the model's ``mix_<family>`` features, normalised to sum 1 ({} if none)."""
-    mix = {k[4:]: v for k, v in graph.model_features(model).items() if k.startswith("mix_") and v > 0}
-    total = sum(mix.values())
-    return {f: w / total for f, w in mix.items()} if total > 0 else {}
-
-
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / max(float(np.linalg.norm(x)), 1e-12)
 
@@ -194,7 +187,7 @@ class Selector:
             cents = {f: _unit(U[[i for i, g in enumerate(fam) if g == f]].mean(0)) for f in fams}
             cols_p = {"mix_cos": [], "mix_sim": [], "mix_soft": [], "mix_nn": []}
             for m in models:
-                mix = _mixture(graph, m)
+                mix = graph.mixture(m)
                 w = np.array([mix.get(f, 0.0) for f in fam])               # the mixture weight of each j's family
                 if not fds or not any(f in mix for f in fams):
                     for v in cols_p.values():
@@ -433,11 +426,7 @@ class Selector:
     def explain(self, graph: MatchingGraph, dataset_ref: str, n: int = 5) -> dict:
         """Why: the ``n`` nearest profiled datasets ``[(ref, cosine)]`` and the best model on each."""
         near = graph.nearest(dataset_ref, n=n)
-        winners = {}
-        for ref, _ in near:
-            sc = graph.scores(ref)
-            winners[ref] = max(sc, key=lambda m: (sc[m], m)) if sc else None
-        return {"nearest": near, "winners": winners}
+        return {"nearest": near, "winners": {ref: graph.winner(ref) for ref, _ in near}}
 
     def fitted_summary(self) -> dict[str, dict]:
         """What the fit chose, per objective: ``{"rank": {"rounds": T, "probe_init": w}}`` (``probe_init``

@@ -35,6 +35,8 @@ import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
+from data.io import atomic_write, canonical_json, mandc_home
+
 STORE_FORMAT = "mandc.Store"   # meta 'format' and the export's "format"
 SCHEMA_VERSION = 1
 SOURCES = ("reference", "user")
@@ -59,20 +61,9 @@ class StoreError(RuntimeError):
     """A store file that cannot be used (corrupt, foreign, newer schema) or bad rows given to it."""
 
 
-def mandc_home() -> Path:
-    """``$MANDC_HOME`` or ``~/.cache/mandc`` (the same rule as ``finetune.zoo.mandc_home``, repeated here
-    because importing ``finetune`` costs a torch import)."""
-    return Path(os.environ.get("MANDC_HOME") or "~/.cache/mandc").expanduser()
-
-
 def default_path() -> Path:
     """``$MANDC_HOME/graph.sqlite``."""
     return mandc_home() / "graph.sqlite"
-
-
-def _dumps(obj) -> str:
-    """Canonical JSON (sorted keys, no spaces): equal contents give equal text, so hashes are stable."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 def _now() -> str:
@@ -116,7 +107,7 @@ def shipped_reference_hash() -> str | None:
 
 def reference_hash(reference: tuple[list[dict], list[dict], list[dict]]) -> str:
     """sha256 of the canonical JSON of ``(records, models, datasets)``."""
-    return hashlib.sha256(_dumps(list(reference)).encode()).hexdigest()
+    return hashlib.sha256(canonical_json(list(reference)).encode()).hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------ store
@@ -214,7 +205,7 @@ class Store:
         return json.loads(row[0]) if row else None
 
     def _set_meta(self, key: str, value) -> None:
-        self._con.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, _dumps(value)))
+        self._con.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, canonical_json(value)))
 
     # ------------------------------------------------------------------ seeding
     @property
@@ -302,8 +293,8 @@ class Store:
             if bad:
                 raise StoreError(f"model {ref}: features must be finite numbers, got {bad}")
             name = m.get("name") or ref.split(":", 1)[-1]
-            feats = _dumps({k: float(v) for k, v in feats.items()})
-            rows.append((ref, name, feats, _dumps(m.get("info") or {}), source))
+            feats = canonical_json({k: float(v) for k, v in feats.items()})
+            rows.append((ref, name, feats, canonical_json(m.get("info") or {}), source))
         self._con.executemany(f"{self._verb(replace)} INTO models VALUES (?, ?, ?, ?, ?)", rows)
         return len(rows)
 
@@ -331,7 +322,7 @@ class Store:
             if len(vec) != dim:
                 raise StoreError(f"dataset {ref}: vector has {len(vec)} values, the store's have {dim}")
             name = d.get("name") or ref.split(":", 1)[-1]
-            rows.append((ref, name, _dumps([float(x) for x in vec]), d.get("family"), source))
+            rows.append((ref, name, canonical_json([float(x) for x in vec]), d.get("family"), source))
         self._con.executemany(f"{self._verb(replace)} INTO datasets VALUES (?, ?, ?, ?, ?)", rows)
         return len(rows)
 
@@ -346,7 +337,7 @@ class Store:
             if status not in ("ok", "failed"):
                 raise StoreError(f"record {r['job_id']}: status must be 'ok' or 'failed', got {status!r}")
             try:
-                text = _dumps(r)
+                text = canonical_json(r)
             except ValueError:
                 raise StoreError(f"record {r['job_id']}: has NaN or infinite numbers (JSON cannot hold them)") from None
             rows.append((str(r["job_id"]), job["model"], job["dataset"], status, text, source, now))
@@ -407,7 +398,7 @@ class Store:
                             ("records", "job_id, record")):
             h.update(table.encode())
             for row in self._con.execute(f"SELECT {cols} FROM {table} ORDER BY {cols.split(',')[0]}"):
-                h.update(_dumps(list(row)).encode())
+                h.update(canonical_json(list(row)).encode())
         return h.hexdigest()
 
     def graph(self, k: int = DEFAULT_K):
@@ -454,12 +445,7 @@ class Store:
 
     def export_json(self, path) -> Path:
         """Write :meth:`to_json` to ``path`` atomically (a temporary sibling renamed into place)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1))
-        os.replace(tmp, path)
-        return path
+        return atomic_write(path, json.dumps(self.to_json(), indent=1))
 
     def import_json(self, path_or_obj) -> None:
         """Replace the store's whole contents (rows and reference origin/hash) with an export's, in one

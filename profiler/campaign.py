@@ -12,7 +12,7 @@ Layout of a campaign folder::
     DIR/work/                   temporary fine-tuning folders of running jobs (deleted as they finish)
 
 **Resumable.** Each record is written the moment its job finishes, atomically (a hidden temporary file
-in the same folder, then ``os.replace``, so a reader sees either no file or the whole record). A
+in the same folder, then ``os.replace``, :func:`data.io.atomic_write`: a reader sees no file or the whole record). A
 campaign that is killed and started again with the same jobs skips every job that already has an ``ok``
 record, and a ``failed`` one unless ``retry_failed=True``. An unreadable record file counts as missing
 (the job runs again), and so does an ok record measured on other weights than the model has now (a
@@ -28,42 +28,17 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from data.io import atomic_write
 from profiler.executors import Executor, get_executor
 from profiler.jobs import (ProfileJob, ProfileRecord, _host, _light_versions, _now, describe_error, model_fingerprint,
                            run_job)
 
 RECORDS = "records"
 WORK = "work"
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` so that no reader ever sees a partial file: a hidden temporary file
-    in the same folder (same filesystem), flushed to disk, then renamed over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the result is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 class _JobFn:
@@ -157,14 +132,14 @@ class Campaign:
     # ----------------------------------------------------------------------------------- writing
     def write_record(self, rec: ProfileRecord) -> Path:
         """Write ``rec`` atomically to ``records/<job_id>.json`` (replacing an older record of the job)."""
-        return atomic_write_text(self.record_path(rec.job_id), json.dumps(rec.to_dict(), indent=1) + "\n")
+        return atomic_write(self.record_path(rec.job_id), json.dumps(rec.to_dict(), indent=1) + "\n")
 
     def export_jsonl(self, path: str | os.PathLike, include_failed: bool = False) -> int:
         """Write the records as JSON Lines (one record per line, sorted as :meth:`records`), atomically;
         returns the number of lines. Failed records are left out unless ``include_failed``."""
         recs = [r for r in self.records() if include_failed or r.ok]
         text = "".join(json.dumps(r.to_dict(), sort_keys=True) + "\n" for r in recs)
-        atomic_write_text(path, text)
+        atomic_write(path, text)
         return len(recs)
 
     # ----------------------------------------------------------------------------------- running
@@ -280,4 +255,4 @@ class _Bar:
             self.progress.stop()
 
 
-__all__ = ["Campaign", "atomic_write_text"]
+__all__ = ["Campaign"]

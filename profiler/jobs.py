@@ -56,17 +56,14 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from data.io import canonical_json
+
 STATUSES = ("ok", "failed")
 #: Job-config keys the profiler handles itself (not passed to the method config unless it has them).
 PROFILER_KEYS = ("warmup_steps",)
 #: Methods whose zero-shot loss is the pretrained model's own (preparing the model changes neither its
 #: function nor uses randomness), so jobs that differ only in the seed share it (see :func:`run_job`).
 SEED_FREE_ZERO_SHOT = ("full",)
-
-
-def canonical_json(obj) -> str:
-    """The canonical JSON text of ``obj``: sorted keys, no whitespace (what :attr:`ProfileJob.job_id` hashes)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
 @dataclass
@@ -206,6 +203,7 @@ def run_job(job: ProfileJob | dict, workdir: str | os.PathLike | None = None, *,
     t0 = time.perf_counter()
     try:
         from data import load_dataset
+        from finetune.device import resolve_device
         from finetune.methods import get_method
         from finetune.runner import evaluate, resolve_config, run
 
@@ -219,7 +217,7 @@ def run_job(job: ProfileJob | dict, workdir: str | os.PathLike | None = None, *,
             config.setdefault("checkpoint_every", 0)
         cfg = resolve_config(job.method, config)  # fail fast on a bad option, before loading anything
         warmup = int(job.config.get("warmup_steps", 0)) if "warmup_steps" not in options else 0
-        dev = _device(device)
+        dev = resolve_device(device)
         # the dataset first: it is cheap and fails fast; a model ref may mean building a zoo model
         dataset = _dataset(job.dataset) if cache else load_dataset(job.dataset)
         model = _pristine_model(job.model, dev, text_too=method_cls.trains_text) if cache else job.model
@@ -318,14 +316,6 @@ def _quiet_loading() -> None:
 
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
-
-
-def _device(device):
-    import torch
-
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
 def _host() -> str:

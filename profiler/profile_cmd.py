@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from data.io import mandc_home
 from profiler.campaign import Campaign
 from profiler.executors import get_executor
 from profiler.jobs import ProfileJob
@@ -38,8 +39,7 @@ def parse_seeds(text: str) -> list[int]:
 def default_campaign_dir() -> Path:
     """``$MANDC_HOME/profiling``: one folder for all user profiling; records are keyed by job id, so a
     job profiled once is never run again, whatever campaign asks for it."""
-    home = Path(os.environ.get("MANDC_HOME") or "~/.cache/mandc").expanduser()
-    return home / "profiling"
+    return mandc_home() / "profiling"
 
 
 def build_jobs(models: list[str], datasets: list[str], method: str = "full", steps: int | None = None,

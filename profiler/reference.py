@@ -43,7 +43,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from profiler.campaign import Campaign, atomic_write_text
+from data.io import atomic_write, mandc_home
+from profiler.campaign import Campaign
 from profiler.executors import EXECUTORS, get_executor
 from profiler.jobs import ProfileJob
 
@@ -70,8 +71,6 @@ def zoo_models() -> list[str]:
 def default_campaign_dir() -> Path:
     """``$MANDC_HOME/campaigns/reference``: outside the source tree (704 record files); records are
     keyed by job id, so campaigns with other budgets or model lists share it safely."""
-    from finetune.zoo import mandc_home
-
     return mandc_home() / "campaigns" / "reference"
 
 
@@ -213,7 +212,7 @@ Wins: {wins}.
 - `datasets.jsonl`: all catalog datasets, `ref`, `name`, `family`, `profiled`, `vector`
   (`DatasetFeatures.to_vector()`), `feature_names`.
 """
-    atomic_write_text(out / "README.md", text)
+    atomic_write(out / "README.md", text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,15 +253,15 @@ def main(argv: list[str] | None = None) -> int:
 
     ids = {j.job_id for j in jobs}
     records = [r.to_dict() for r in camp.records("ok") if r.job_id in ids]
-    atomic_write_text(out / "records.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    atomic_write(out / "records.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 
     from profiler.jobs import _quiet_loading
     from profiler.modelinfo import describe_model
 
     _quiet_loading()
 
-    atomic_write_text(out / "models.jsonl", "".join(json.dumps(describe_model(m)) + "\n" for m in models))
-    atomic_write_text(out / "datasets.jsonl",
+    atomic_write(out / "models.jsonl", "".join(json.dumps(describe_model(m)) + "\n" for m in models))
+    atomic_write(out / "datasets.jsonl",
                       "".join(json.dumps(r) + "\n" for r in dataset_rows(set(datasets))))
 
     matrix = matrix_summary(records)

@@ -18,9 +18,9 @@ from safetensors.torch import load_file, save_file
 
 from finetune.methods.base import Method, MethodConfig, option
 from finetune.methods.registry import register
+from finetune.qta.apply import DEFAULT_TARGETS
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
-DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 @dataclass

@@ -7,7 +7,7 @@ from torch import nn
 
 from finetune.qta.layer import QTALoRALinear
 
-DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # a diffusers denoiser's attention projections (LoRA's default)
 
 
 def _targeted(name: str, targets) -> bool:

@@ -13,7 +13,6 @@ biases left trainable), keyed like ``model.state_dict()``.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -21,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from data.io import atomic_output
 from finetune.quant.layers import QuantConv2d, QuantLayer, QuantLinear
 
 FORMAT = "mandc.quant"
@@ -45,10 +45,8 @@ def save_quantized(model: nn.Module, path) -> Path:
             if t is not None:
                 tensors[f"{name}.{key}"] = t.detach().cpu().contiguous()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": FORMAT, "version": VERSION, "layers": json.dumps(configs)})
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT, "version": VERSION, "layers": json.dumps(configs)})
     return path
 
 

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from data.io import mandc_home
 from finetune.refs import ModelRefError
 from finetune.zoo.card import read_card, write_card
 from finetune.zoo.specs import PRETRAIN_SEED, PROMPT_TOKENS, SCHEDULER_CONFIG, ZOO, ZooSpec
@@ -37,11 +38,6 @@ GRID_PROMPTS = 24        # samples in each model's card grid (3 rows of 8)
 GRID_GUIDANCE = 2.0      # classifier-free guidance scale used for the card grid
 GRID_STEPS = 25          # DDIM steps for the card grid
 _SHARED_MIN_BYTES = 1 << 20  # text-encoder files at least this big go to the shared store
-
-
-def mandc_home() -> Path:
-    """``$MANDC_HOME`` or ``~/.cache/mandc``: the root of everything mandc caches."""
-    return Path(os.environ.get("MANDC_HOME") or "~/.cache/mandc").expanduser()
 
 
 def zoo_home() -> Path:
@@ -341,7 +337,7 @@ def _card_body(spec: ZooSpec, meta: dict, prompts: list[str]) -> str:
         "(seed 0) are unseen. Noise schedule shared by the whole zoo: DDPM, T=1000, cosine ᾱ, "
         "v-prediction.",
         "",
-        f"![samples](samples.png)  ",
+        "![samples](samples.png)  ",
         f"DDIM {GRID_STEPS} steps, guidance {GRID_GUIDANCE}, seed 0, for these prompts (row by row):",
         "",
         *[f"{i + 1}. {p}" for i, p in enumerate(prompts)],

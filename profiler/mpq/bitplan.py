@@ -20,9 +20,10 @@ weights with the clipping search, and per-tensor activation scales calibrated on
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from data.io import atomic_write
 
 FORMAT = "mandc.bitplan"
 VERSION = 1
@@ -103,12 +104,7 @@ class BitPlan:
 
     def save(self, path) -> Path:
         """Write the plan as JSON to ``path``, atomically (a temporary sibling renamed into place)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, default=_jsonable) + "\n")
-        os.replace(tmp, path)
-        return path
+        return atomic_write(path, json.dumps(self.to_dict(), indent=1, default=_jsonable) + "\n")
 
     @classmethod
     def load(cls, path) -> "BitPlan":

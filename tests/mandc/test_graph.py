@@ -115,3 +115,39 @@ def test_bad_reference_input(ref):
         MatchingGraph.from_reference([], models, datasets[:2] + datasets[:1])
     with pytest.raises(ValueError, match="is not in the graph"):
         MatchingGraph.from_reference(records, models[:2], datasets)
+
+
+def test_winner_breaks_an_exact_tie_by_the_first_ref_and_its_users_agree(ref):
+    """Two models with identical losses on a dataset: ``winner`` is the best score, and among the tied
+    models the ref that sorts first; the planner's evidence, the selector's explanation and the
+    most-frequent-winner baseline all name that same model."""
+    from mandc.evaluate import MostFrequentWinner, matrix_stats
+
+    records, models, datasets = ref
+    graph = MatchingGraph.from_reference(records, models, datasets, k=3)
+    d = graph.profiled[0]
+    best = graph.winner(d)
+    raw = graph.raw(d)
+    assert best == min(raw, key=raw.get) and graph.scores(d)[best] == 1.0
+    # make the alphabetically first other model tie the winner exactly, seed by seed
+    rival = min(m for m in graph.models if m != best)
+    losses = {r["job"]["seed"]: r["metrics"]["heldout_loss"] for r in records
+              if r["job"]["dataset"] == d and r["job"]["model"] == best}
+    tied = [json.loads(json.dumps(r)) for r in records]
+    for r in tied:
+        if r["job"]["dataset"] == d and r["job"]["model"] == rival:
+            r["metrics"]["heldout_loss"] = losses[r["job"]["seed"]]
+    tg = MatchingGraph.from_reference(tied, models, datasets, k=3)
+    assert tg.scores(d)[rival] == tg.scores(d)[best] == 1.0
+    first = min(best, rival)
+    assert tg.winner(d) == first
+    unprofiled = next(x for x in tg.datasets if x not in tg.profiled)
+    assert tg.winner(unprofiled) is None
+    # the same choice everywhere a winner is named
+    from mandc.select import Selector
+
+    target = next(x for x in tg.datasets if x != d and d in dict(tg.nearest(x, n=3)))
+    assert Selector().explain(tg, target, n=3)["winners"][d] == first
+    wins = {m: sum(tg.winner(x) == m for x in tg.profiled) for m in tg.models}
+    assert {m: int(s) for m, s in MostFrequentWinner().fit(tg).score.items()} == wins  # + mean score / 100 < 1
+    assert matrix_stats(tg)["distinct_winners"] == sum(n > 0 for n in wins.values())

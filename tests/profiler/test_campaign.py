@@ -7,8 +7,7 @@ import os
 import jobs_tiny
 import pytest
 
-from profiler import campaign as campaign_mod
-from profiler.campaign import Campaign, atomic_write_text
+from profiler.campaign import Campaign
 from profiler.executors import EXECUTORS, Executor, LocalExecutor, get_executor
 from profiler.jobs import ProfileJob
 
@@ -143,33 +142,6 @@ def test_a_dead_worker_is_recorded_as_a_failed_job(tiny_folder, tmp_path):
     summary = Campaign(tmp_path / "c").run(jobs, DyingExecutor(), progress=False)
     assert summary["failed"] == 1
     assert summary["failed_jobs"][0]["error"].startswith("worker failed: RuntimeError: worker process died")
-
-
-def test_record_writes_are_atomic(tmp_path, monkeypatch):
-    target = tmp_path / "records" / "abc.json"
-    atomic_write_text(target, '{"old": true}')
-    seen = {}
-    real_fsync = os.fsync
-
-    def spy(fd):  # called after the text is written, before the rename
-        seen["target"] = target.read_text()
-        seen["visible"] = sorted(p.name for p in target.parent.glob("*.json"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(campaign_mod.os, "fsync", spy)
-    atomic_write_text(target, json.dumps({"new": "x" * 100_000}))
-    assert seen["target"] == '{"old": true}'  # while writing, readers still see the whole old file
-    assert seen["visible"] == ["abc.json"]  # the temporary file is hidden from *.json readers
-    assert json.loads(target.read_text())["new"] == "x" * 100_000
-
-    def boom(fd):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(campaign_mod.os, "fsync", boom)
-    with pytest.raises(OSError, match="disk full"):
-        atomic_write_text(target, '{"partial": ')
-    assert json.loads(target.read_text())["new"]  # the old record survives a failed write
-    assert [p.name for p in target.parent.iterdir()] == ["abc.json"]  # and no temporary file is left
 
 
 def test_unreadable_record_counts_as_missing(tiny_folder, tmp_path, capsys):
