@@ -101,3 +101,37 @@ def test_finetune_bad_input(tiny_model_dir, tmp_path):
     assert r.exit_code == 2 and "missing" in r.output
     r = invoke("finetune", "--model", tiny_model_dir, "--data", "builtin:nope", "--method", "lora", "--out", tmp_path)
     assert r.exit_code == 2 and "nope" in r.output
+
+
+def test_profile_runs_records_and_resumes(tiny_model_dir, tmp_path, monkeypatch):
+    """``mandc profile`` on a tiny model: one record per job under $MANDC_HOME/profiling, a second call
+    skips the finished job, and the records reach the graph store."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("MANDC_HOME", str(home))
+    args = ("profile", "--models", tiny_model_dir, "--datasets", "builtin:shapes_circles", "--steps", 2,
+            "--workers", 1, "--json")
+    r = invoke(*args)
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["summary"]["ran"] == 1 and out["summary"]["campaign_dir"] == str(home / "profiling")
+    (rec,) = out["records"]
+    assert rec["status"] == "ok" and rec["job"]["model"] == str(tiny_model_dir) and rec["job"]["config"]["steps"] == 2
+    assert rec["metrics"]["heldout_loss"] > 0 and rec["metrics"]["zero_shot_loss"] > 0
+    assert json.loads((home / "profiling" / "records" / f"{rec['job_id']}.json").read_text())["status"] == "ok"
+    again = json.loads(invoke(*args).stdout)
+    assert again["summary"]["ran"] == 0 and again["summary"]["skipped"] == 1 and again["records"] == out["records"]
+    from mandc.store import Store
+
+    assert rec["job_id"] in {r["job_id"] for r in Store(home / "graph.sqlite").records()}
+
+
+def test_profile_bad_input(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MANDC_HOME", str(tmp_path / "home"))
+    base = ("profile", "--models", tiny_model_dir, "--datasets", "builtin:shapes_circles")
+    r = invoke(*base, "--executor", "locale")
+    assert r.exit_code == 2 and "unknown executor 'locale'" in r.output
+    r = invoke(*base, "--seeds", "x")
+    assert r.exit_code == 2 and "--seeds" in r.output
+    r = invoke(*base, "--method", "nope")
+    assert r.exit_code == 2 and "unknown fine-tuning method" in r.output
+    assert not (tmp_path / "home" / "profiling").exists()  # nothing ran

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from mandc.embed import Node2VecConfig, Node2VecEmbedder, SageConfig, SageEmbedder
+from mandc.embed import SageConfig, SageEmbedder
 from mandc.graph import MatchingGraph
 from mandc.select import PROBE_GRID, TREE_GRID, Selector, SelectorConfig
 from synthetic_reference import make_reference
@@ -32,31 +32,6 @@ def _perturbed(ref, dataset, seed=0):
         if r["job"]["dataset"] == dataset:
             r["metrics"] = {**r["metrics"], "heldout_loss": float(next(it))}
     return new, models, datasets
-
-
-def test_sage_learns_and_is_inductive(graph, ref):
-    emb = SageEmbedder(SageConfig(epochs=60)).fit(graph, seed=0)
-    assert emb.history[-1] < emb.history[0]
-    g = graph.copy()
-    g.add_dataset("/new/target", np.asarray(ref[2][0]["vector"]) * 1.01)  # a node the GNN never saw
-    zm, zd = emb.embed(g)
-    assert set(zd) == set(g.datasets) and zd["/new/target"].shape == (32,)
-    assert np.all(np.isfinite(zd["/new/target"]))
-    # hiding a dataset's perf edges changes its embedding (the edges are used), batched = single
-    d = graph.profiled[0]
-    (zm1, zd1), (zm2, zd2) = emb.embed_many(graph, [[], [d]])
-    assert not np.allclose(zd1[d], zd2[d])
-    assert np.allclose(emb.embed(graph, hide=[d])[1][d], zd2[d], atol=1e-6)
-
-
-def test_node2vec_is_transductive(graph):
-    n2v = Node2VecEmbedder(Node2VecConfig(walks_per_node=3, epochs=2)).fit(graph, seed=0)
-    zm, zd = n2v.embed(graph)
-    assert len(zm) == len(graph.models) and len(zd) == len(graph.datasets)
-    g = graph.copy()
-    g.add_dataset("/new/target", graph.vector(graph.datasets[0]))
-    with pytest.raises(KeyError, match="transductive"):
-        n2v.embed(g)
 
 
 @pytest.mark.parametrize("embedding", ["sage", "node2vec", "none"])
