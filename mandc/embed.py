@@ -166,6 +166,8 @@ class SageEmbedder:
     ``(zm: {model: [dim]}, zd: {dataset: [dim]})`` with the perf edges of the datasets in ``hide``
     removed from the message passing."""
 
+    Config = SageConfig
+
     def __init__(self, cfg: SageConfig | None = None):
         self.cfg = cfg or SageConfig()
         self.net: SageNet | None = None
@@ -273,6 +275,8 @@ class Node2VecEmbedder:
     ``w`` is the edge weight (cosine for sim edges, clipped at 0.05; 1 for perf edges). Skip-gram:
     maximise ``log σ(⟨e_u, c_v⟩) + Σ_neg log σ(-⟨e_u, c_n⟩)`` over (node, context) pairs of the walks."""
 
+    Config = Node2VecConfig
+
     def __init__(self, cfg: Node2VecConfig | None = None):
         self.cfg = cfg or Node2VecConfig()
         self.emb: dict[str, np.ndarray] = {}
@@ -344,3 +348,8 @@ class Node2VecEmbedder:
         if missing:
             raise KeyError(f"node2vec is transductive: refit it on a graph that contains {missing[:5]}")
         return ({m: self.emb[f"m:{m}"] for m in graph.models}, {d: self.emb[f"d:{d}"] for d in graph.datasets})
+
+
+#: The graph embedders by name (``SelectorConfig.embedding``): a class with a ``Config`` dataclass,
+#: ``fit(graph, seed)`` and ``embed(graph, hide) -> ({model: z}, {dataset: z})``.
+EMBEDDERS = {"sage": SageEmbedder, "node2vec": Node2VecEmbedder}

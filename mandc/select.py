@@ -60,53 +60,65 @@ fraction) are fixed; they were chosen on the 20-step reference's leave-one-datas
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, fields
 
 import numpy as np
 
+from finetune.options import option
 from mandc.graph import MatchingGraph
 
 FEATURE_GROUPS = ("model", "data", "pair", "neighbors", "embedding", "probe")
 TREE_GRID = (0, 10, 25, 50, 100, 200)  # boosting rounds the CV of ``n_estimators=None`` chooses from
 PROBE_GRID = (0.0, 3.0, 10.0, 30.0)     # probe weights the CV of ``probe_init=None`` chooses from
 PAIR_TEMPERATURE = 0.1  # softmax temperature over cosines for p.mix_soft
+EMBEDDINGS = ("sage", "node2vec", "none")  # the names of mandc.embed.EMBEDDERS, and no embedding
 
 
 @dataclass
 class SelectorConfig:
-    embedding: str = "sage"          # "sage" | "node2vec" | "none"
-    use_data_edges: bool = True      # False: no data–data edges (GNN without sim relation, no neighbour features)
-    model_features: bool = True
-    data_features: bool = True
-    pair_features: bool = True
-    neighbor_features: bool = True
-    emb_vectors: bool = False        # also feed the raw embedding vectors (2·dim columns)
-    crossfit: int = 4                # > 1: out-of-fold GNN embeddings for the training rows (K extra GNN fits)
-    probe: bool = False              # zero-shot probe features (predict then needs probe=)
-    objective: str = "rank"          # "rank" (LGBMRanker) | "regress" (LGBMRegressor) | "both"
-    label: str = "score"             # ranker relevance: "score" = floor(4·score) (0..4), "rank" = 3/2/1 for the top 3
-    knn: int = 5                     # neighbours for the neighbour features
-    knn_init: float = 3.0            # > 0: boost from the neighbour prior, init score = knn_init · n.knn_score
-    probe_init: float | None = None  # with the probe: + probe_init · z.probe in the init score (None: chosen with the trees by CV from PROBE_GRID)
-    seed: int = 0                    # GNN init/masks, node2vec walks, LightGBM bagging
+    """The selector's options (``help`` in each field's metadata, as in the method configs)."""
+
+    embedding: str = option("sage", "graph embedding: 'sage' (GraphSAGE, inductive), 'node2vec' (transductive) "
+                                    "or 'none'")
+    use_data_edges: bool = option(True, "False: no data–data edges (GNN without the sim relation, no neighbour "
+                                        "features)")
+    model_features: bool = option(True, "feature group 'model': each model's own features (m.*)")
+    data_features: bool = option(True, "feature group 'data': the target dataset's vector (d.*)")
+    pair_features: bool = option(True, "feature group 'pair': the target against each model's pretraining "
+                                       "mixture (p.*)")
+    neighbor_features: bool = option(True, "feature group 'neighbors': results on the most similar profiled "
+                                           "datasets (n.*)")
+    emb_vectors: bool = option(False, "also feed the raw embedding vectors (2·dim columns)")
+    crossfit: int = option(4, "> 1: out-of-fold GNN embeddings for the training rows (K extra GNN fits)")
+    probe: bool = option(False, "zero-shot probe features (predict then needs probe=)")
+    objective: str = option("rank", "'rank' (LGBMRanker), 'regress' (LGBMRegressor) or 'both'")
+    label: str = option("score", "ranker relevance: 'score' = floor(4·score) (0..4), 'rank' = 3/2/1 for the top 3")
+    knn: int = option(5, "neighbours for the neighbour features")
+    knn_init: float = option(3.0, "> 0: boost from the neighbour prior, init score = knn_init · n.knn_score")
+    probe_init: float | None = option(None, "with the probe: + probe_init · z.probe in the init score (None: "
+                                            "chosen with the trees by CV from PROBE_GRID)")
+    seed: int = option(0, "GNN init and masks, node2vec walks, LightGBM bagging")
     # LightGBM: ~340 rows (31 datasets × 11 models) and ~95 columns, so shallow, slow trees that each
     # see 30% of the columns (with the probe 80%, so that most trees can split on its two columns —
     # measured on the 20-step reference: 78% vs 75% top-1 over 2 seeds). How many trees the data
     # support changes with the graph (it grows with every profiled dataset), so it is not a constant:
-    n_estimators: int | None = None  # None: chosen at each fit by grouped K-fold CV from TREE_GRID (0 = the prior alone)
-    cv_folds: int = 4                # folds (of training datasets) of that CV
-    learning_rate: float = 0.03
-    num_leaves: int = 7
-    min_child_samples: int = 10
-    subsample: float = 0.8           # row bagging (every iteration)
-    colsample_bytree: float | None = None  # None: 0.3, or 0.8 with the probe
-    reg_lambda: float = 1.0
-    sage: dict = field(default_factory=dict)      # SageConfig overrides
-    node2vec: dict = field(default_factory=dict)  # Node2VecConfig overrides
+    n_estimators: int | None = option(None, "boosting rounds; None: chosen at each fit by grouped K-fold CV from "
+                                            "TREE_GRID (0 = the prior alone)")
+    cv_folds: int = option(4, "folds (of training datasets) of that CV")
+    learning_rate: float = option(0.03, "LightGBM learning rate")
+    num_leaves: int = option(7, "LightGBM leaves per tree")
+    min_child_samples: int = option(10, "LightGBM minimum rows per leaf")
+    subsample: float = option(0.8, "LightGBM row bagging (every iteration)")
+    colsample_bytree: float | None = option(None, "LightGBM column fraction per tree; None: 0.3, or 0.8 with the "
+                                                  "probe")
+    reg_lambda: float = option(1.0, "LightGBM L2 regularisation")
+    sage: dict = option({}, "SageConfig overrides (mandc.embed)")
+    node2vec: dict = option({}, "Node2VecConfig overrides (mandc.embed)")
 
     def __post_init__(self):
-        if self.embedding not in ("sage", "node2vec", "none"):
-            raise ValueError(f"SelectorConfig.embedding must be 'sage', 'node2vec' or 'none', got {self.embedding!r}")
+        if self.embedding not in EMBEDDINGS:
+            raise ValueError(f"SelectorConfig.embedding must be one of {', '.join(map(repr, EMBEDDINGS))}, "
+                             f"got {self.embedding!r}")
         if self.objective not in ("rank", "regress", "both"):
             raise ValueError(f"SelectorConfig.objective must be 'rank', 'regress' or 'both', got {self.objective!r}")
         if self.crossfit > 1 and self.emb_vectors:
@@ -127,9 +139,112 @@ class SelectorConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def help(cls) -> dict[str, tuple[object, str]]:
+        """``{field: (default, help)}``, like :meth:`finetune.methods.MethodConfig.help`."""
+        return {f.name: (f.default_factory() if f.default is MISSING else f.default, f.metadata["help"])
+                for f in fields(cls)}
+
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / max(float(np.linalg.norm(x)), 1e-12)
+
+
+# ------------------------------------------------------------------ feature groups
+# One function per group of FEATURE_GROUPS: ``{column name: values [len(models)]}`` for target dataset ``d``.
+def model_columns(graph: MatchingGraph, models: list[str], keys: list[str]) -> dict[str, np.ndarray]:
+    """``m.<key>``: each model's own features (NaN where a model lacks one)."""
+    return {f"m.{k}": np.array([graph.model_features(m).get(k, np.nan) for m in models], dtype=np.float64) for k in keys}
+
+
+def data_columns(graph: MatchingGraph, d: str, n_models: int) -> dict[str, np.ndarray]:
+    """``d.<name>``: the target's feature vector, the same for every model."""
+    v = graph.vector(d)
+    fn = graph.feature_names or [str(i) for i in range(len(v))]
+    return {f"d.{fn[i]}": np.full(n_models, x) for i, x in enumerate(v)}
+
+
+def pair_columns(graph: MatchingGraph, ctx: dict, d: str, models: list[str]) -> dict[str, np.ndarray]:
+    """``p.mix_cos, p.mix_sim, p.mix_soft, p.mix_nn``: how close the target is to what each model was
+    pretrained on (its mixture over the families of the datasets that have one; see the module doc)."""
+    ud = ctx["u"][d]
+    # datasets with a family, the target excluded (a user's folder has no family, a catalog
+    # target must not describe itself)
+    fds = [j for j in ctx["family"] if j != d]
+    fam = [ctx["family"][j] for j in fds]
+    U = np.stack([ctx["u"][j] for j in fds]) if fds else np.zeros((0, len(ud)))
+    cos = U @ ud                                                   # [J]
+    soft = np.exp((cos - cos.max()) / PAIR_TEMPERATURE) if fds else cos
+    soft = soft / soft.sum() if fds else soft
+    fams = sorted(set(fam))
+    cents = {f: _unit(U[[i for i, g in enumerate(fam) if g == f]].mean(0)) for f in fams}
+    cols = {"mix_cos": [], "mix_sim": [], "mix_soft": [], "mix_nn": []}
+    for m in models:
+        mix = graph.mixture(m)
+        w = np.array([mix.get(f, 0.0) for f in fam])               # the mixture weight of each j's family
+        if not fds or not any(f in mix for f in fams):
+            for v in cols.values():
+                v.append(np.nan)
+            continue
+        wf = np.array([mix.get(f, 0.0) for f in fams])
+        C = np.stack([cents[f] for f in fams])
+        cols["mix_cos"].append(float(ud @ _unit(wf @ C)))
+        cols["mix_sim"].append(float(wf @ (C @ ud) / max(wf.sum(), 1e-12)))
+        cols["mix_soft"].append(float(soft @ w))
+        cols["mix_nn"].append(float(cos[w > 0].max()) if np.any(w > 0) else -1.0)
+    return {f"p.{k}": np.asarray(v, dtype=np.float64) for k, v in cols.items()}
+
+
+def neighbor_columns(ctx: dict, d: str, models: list[str], knn: int) -> dict[str, np.ndarray]:
+    """``n.knn_score, n.knn_win, n.knn_rank, n.nn1_score, n.prior``: each model's measured results on the
+    ``knn`` profiled datasets most similar to the target (see the module doc); NaN with none profiled."""
+    names = ("knn_score", "knn_win", "knn_rank", "nn1_score", "prior")
+    others = [j for j in ctx["profiled"] if j != d]
+    if not others:
+        return {f"n.{n}": np.full(len(models), np.nan) for n in names}
+    ud = ctx["u"][d]
+    S = np.array([[ctx["scores"][j].get(m, np.nan) for m in models] for j in others]).reshape(len(others), len(models))
+    sims = np.array([ctx["u"][j] for j in others]) @ ud
+    near = np.lexsort((np.array(others), -sims))[:knn]             # by similarity, ties by ref
+    w = np.maximum(sims[near], 0.0)[:, None] + 1e-3                 # [k, 1]
+    Sn = S[near]                                                    # [k, M]
+    known = ~np.isnan(Sn)
+    best = np.nanmax(np.where(np.isnan(S), -np.inf, S), 1)[near][:, None]
+    n_j = known.sum(1, keepdims=True)
+    # rank of m on j: how many models beat it, over (models on j - 1); 0 = best
+    better = (Sn[:, None, :] > Sn[:, :, None]).sum(2)
+    rank = np.where(known, better / np.maximum(n_j - 1, 1), np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = (np.nansum(w * Sn, 0) / (w * known).sum(0), (w * (Sn >= best)).sum(0) / w.sum(),
+                  np.nanmean(rank, 0) if len(near) else np.full(len(models), np.nan), Sn[0], np.nanmean(S, 0))
+    return {f"n.{n}": np.asarray(v, dtype=np.float64) for n, v in zip(names, values)}
+
+
+def embedding_columns(emb, d: str, models: list[str], vectors: bool) -> dict[str, np.ndarray]:
+    """``e.link = ⟨z_m, z_d⟩``, ``e.cos``; with ``vectors`` also the raw ``z_d`` (``e.d<i>``) and ``z_m``
+    (``e.m<i>``). ``emb = (zm, zd)``: ``{model: [dim]}``, ``{dataset: [dim]}``."""
+    zm, zd = emb
+    e_d = zd[d]
+    cols = {"e.link": np.array([float(zm[m] @ e_d) for m in models]),
+            "e.cos": np.array([float(_unit(zm[m]) @ _unit(e_d)) for m in models])}
+    if vectors:
+        cols.update({f"e.d{i}": np.full(len(models), e_d[i]) for i in range(len(e_d))})
+        cols.update({f"e.m{i}": np.array([zm[m][i] for m in models]) for i in range(len(e_d))})
+    return {k: np.asarray(v, dtype=np.float64) for k, v in cols.items()}
+
+
+def probe_columns(probe: dict | None, models: list[str]) -> dict[str, np.ndarray]:
+    """``z.probe``: the zero-shot loss on the target, min–max normalised (1 = lowest loss; 1 for every
+    known model when they cannot be told apart), ``z.probe_rank``: the share of models with a lower loss."""
+    p = np.array([probe.get(m, np.nan) if probe else np.nan for m in models], dtype=np.float64)
+    ok = ~np.isnan(p)
+    if ok.sum() >= 2 and np.ptp(p[ok]) > 0:
+        lo, hi = np.nanmin(p), np.nanmax(p)
+        z = (hi - p) / (hi - lo)
+    else:
+        z = np.where(ok, 1.0, np.nan)
+    rank = [np.sum(p[ok] < x) / max(ok.sum() - 1, 1) if not np.isnan(x) else np.nan for x in p]
+    return {"z.probe": np.asarray(z, dtype=np.float64), "z.probe_rank": np.asarray(rank, dtype=np.float64)}
 
 
 class Selector:
@@ -155,98 +270,29 @@ class Selector:
         fam = {d: graph.family(d) for d in graph.datasets if graph.family(d)}
         return {"profiled": profiled, "scores": {d: graph.scores(d) for d in profiled}, "u": u, "family": fam}
 
-    def _rows(self, graph: MatchingGraph, ctx: dict, d: str, models: list[str], emb, probe: dict | None) -> np.ndarray:
-        """Feature matrix ``[len(models), F]`` for dataset ``d`` (the order of ``self.feature_names_``)."""
+    def _rows(self, graph: MatchingGraph, ctx: dict, d: str, models: list[str], emb,
+              probe: dict | None) -> tuple[np.ndarray, list[str]]:
+        """``(X [len(models), F], names)`` for dataset ``d``: the configured feature groups' columns, in the
+        order of ``FEATURE_GROUPS`` (after fitting, the order of ``self.feature_names_``)."""
         cfg = self.cfg
-        cols: list[np.ndarray] = []
-        names: list[str] = []
-
-        def add(name, values):
-            names.append(name)
-            cols.append(np.asarray(values, dtype=np.float64))
-
+        cols: dict[str, np.ndarray] = {}
         if cfg.model_features:
-            for k in self.model_keys_:
-                add(f"m.{k}", [graph.model_features(m).get(k, np.nan) for m in models])
+            cols.update(model_columns(graph, models, self.model_keys_))
         if cfg.data_features:
-            v = graph.vector(d)
-            fn = graph.feature_names or [str(i) for i in range(len(v))]
-            for i, x in enumerate(v):
-                add(f"d.{fn[i]}", np.full(len(models), x))
-        ud = ctx["u"][d]
+            cols.update(data_columns(graph, d, len(models)))
         if cfg.pair_features:
-            # datasets with a family, the target excluded (a user's folder has no family, a catalog
-            # target must not describe itself)
-            fds = [j for j in ctx["family"] if j != d]
-            fam = [ctx["family"][j] for j in fds]
-            U = np.stack([ctx["u"][j] for j in fds]) if fds else np.zeros((0, len(ud)))
-            cos = U @ ud                                                   # [J]
-            soft = np.exp((cos - cos.max()) / PAIR_TEMPERATURE) if fds else cos
-            soft = soft / soft.sum() if fds else soft
-            fams = sorted(set(fam))
-            cents = {f: _unit(U[[i for i, g in enumerate(fam) if g == f]].mean(0)) for f in fams}
-            cols_p = {"mix_cos": [], "mix_sim": [], "mix_soft": [], "mix_nn": []}
-            for m in models:
-                mix = graph.mixture(m)
-                w = np.array([mix.get(f, 0.0) for f in fam])               # the mixture weight of each j's family
-                if not fds or not any(f in mix for f in fams):
-                    for v in cols_p.values():
-                        v.append(np.nan)
-                    continue
-                wf = np.array([mix.get(f, 0.0) for f in fams])
-                C = np.stack([cents[f] for f in fams])
-                cols_p["mix_cos"].append(float(ud @ _unit(wf @ C)))
-                cols_p["mix_sim"].append(float(wf @ (C @ ud) / max(wf.sum(), 1e-12)))
-                cols_p["mix_soft"].append(float(soft @ w))
-                cols_p["mix_nn"].append(float(cos[w > 0].max()) if np.any(w > 0) else -1.0)
-            for k, v in cols_p.items():
-                add(f"p.{k}", v)
+            cols.update(pair_columns(graph, ctx, d, models))
         if cfg.neighbor_features and cfg.use_data_edges:
-            others = [j for j in ctx["profiled"] if j != d]
-            S = np.array([[ctx["scores"][j].get(m, np.nan) for m in models] for j in others]).reshape(len(others), len(models))
-            if others:
-                sims = np.array([ctx["u"][j] for j in others]) @ ud
-                near = np.lexsort((np.array(others), -sims))[: cfg.knn]  # by similarity, ties by ref
-                w = np.maximum(sims[near], 0.0)[:, None] + 1e-3             # [k, 1]
-                Sn = S[near]                                                # [k, M]
-                known = ~np.isnan(Sn)
-                best = np.nanmax(np.where(np.isnan(S), -np.inf, S), 1)[near][:, None]
-                n_j = known.sum(1, keepdims=True)
-                # rank of m on j: how many models beat it, over (models on j - 1); 0 = best
-                better = (Sn[:, None, :] > Sn[:, :, None]).sum(2)
-                rank = np.where(known, better / np.maximum(n_j - 1, 1), np.nan)
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    add("n.knn_score", np.nansum(w * Sn, 0) / (w * known).sum(0))
-                    add("n.knn_win", (w * (Sn >= best)).sum(0) / w.sum())
-                    add("n.knn_rank", np.nanmean(rank, 0) if len(near) else np.full(len(models), np.nan))
-                    add("n.nn1_score", Sn[0])
-                    add("n.prior", np.nanmean(S, 0))
-            else:
-                for n in ("knn_score", "knn_win", "knn_rank", "nn1_score", "prior"):
-                    add(f"n.{n}", np.full(len(models), np.nan))
+            cols.update(neighbor_columns(ctx, d, models, cfg.knn))
         if emb is not None:
-            zm, zdd = emb
-            e_d = zdd[d]
-            add("e.link", [float(zm[m] @ e_d) for m in models])
-            add("e.cos", [float(_unit(zm[m]) @ _unit(e_d)) for m in models])
-            if cfg.emb_vectors:
-                for i in range(len(e_d)):
-                    add(f"e.d{i}", np.full(len(models), e_d[i]))
-                for i in range(len(e_d)):
-                    add(f"e.m{i}", [zm[m][i] for m in models])
+            cols.update(embedding_columns(emb, d, models, cfg.emb_vectors))
         if cfg.probe:
-            p = np.array([probe.get(m, np.nan) if probe else np.nan for m in models], dtype=np.float64)
-            ok = ~np.isnan(p)
-            if ok.sum() >= 2 and np.ptp(p[ok]) > 0:
-                lo, hi = np.nanmin(p), np.nanmax(p)
-                add("z.probe", (hi - p) / (hi - lo))
-            else:
-                add("z.probe", np.where(ok, 1.0, np.nan))
-            add("z.probe_rank", [np.sum(p[ok] < x) / max(ok.sum() - 1, 1) if not np.isnan(x) else np.nan for x in p])
+            cols.update(probe_columns(probe, models))
+        names = list(cols)
         if self.feature_names_ and names != self.feature_names_:
             raise RuntimeError("feature layout changed between fit and predict")  # a bug, not bad input
-        self._last_names = names
-        return np.stack(cols, 1) if cols else np.zeros((len(models), 0))
+        X = np.stack([np.asarray(v, dtype=np.float64) for v in cols.values()], 1) if cols else np.zeros((len(models), 0))
+        return X, names
 
     def _embedding(self, graph: MatchingGraph, hide=()):
         if self.embedder is None:
@@ -280,7 +326,8 @@ class Selector:
             sc = ctx["scores"][d]
             models = [m for m in self.models_ if m in sc]
             probe = graph.zero_shot(d) if cfg.probe else None
-            X.append(self._rows(graph, ctx, d, models, emb, probe))
+            rows, names = self._rows(graph, ctx, d, models, emb, probe)
+            X.append(rows)
             s = np.array([sc[m] for m in models])
             y.append(s)
             order = (-s).argsort(kind="stable")
@@ -288,7 +335,7 @@ class Selector:
             rel[order[:3]] = [3, 2, 1][: min(3, len(models))]
             yr.append(np.minimum(np.floor(4 * s), 4).astype(int) if cfg.label == "score" else rel)
             groups.append(len(models))
-        self.feature_names_ = self._last_names
+        self.feature_names_ = names
         X = np.concatenate(X)
         self._lgbm, self._probe_w, self.cv_ = [], [], {}
         weights = PROBE_GRID if cfg.probe and cfg.probe_init is None else (cfg.probe_init or 0.0,)
@@ -405,7 +452,7 @@ class Selector:
             raise ValueError("this selector uses the zero-shot probe: pass probe={model ref: zero-shot loss}")
         models = [m for m in self.models_ if m in set(graph.models)]
         emb = self._embedding(graph, hide=[dataset_ref]) if self.cfg.embedding != "none" else None
-        X = self._rows(graph, self._context(graph), dataset_ref, models, emb, probe)
+        X, _ = self._rows(graph, self._context(graph), dataset_ref, models, emb, probe)
         return models, self.feature_names_, X
 
     def predict(self, graph: MatchingGraph, dataset_ref: str, probe: dict | None = None) -> dict[str, float]:
@@ -472,21 +519,20 @@ def _dataset_folds(datasets: list[str], k: int, seed: int) -> list[list[str]]:
 
 
 def make_embedder(cfg: SelectorConfig, graph: MatchingGraph):
-    """The embedder ``cfg`` asks for, fitted on ``graph`` with ``cfg.seed`` (None for ``"none"``)."""
-    if cfg.embedding == "sage":
-        from mandc.embed import SageConfig, SageEmbedder
+    """The embedder ``cfg`` asks for (from :data:`mandc.embed.EMBEDDERS`, its config overridden by the
+    ``cfg`` field of the same name), fitted on ``graph`` with ``cfg.seed``; None for ``"none"``."""
+    if cfg.embedding == "none":
+        return None
+    from mandc.embed import EMBEDDERS
 
-        return SageEmbedder(SageConfig(**{**cfg.sage, "use_data_edges": cfg.use_data_edges})).fit(graph, seed=cfg.seed)
-    if cfg.embedding == "node2vec":
-        from mandc.embed import Node2VecConfig, Node2VecEmbedder
-
-        return Node2VecEmbedder(Node2VecConfig(**{**cfg.node2vec, "use_data_edges": cfg.use_data_edges})).fit(graph, seed=cfg.seed)
-    return None
+    cls = EMBEDDERS[cfg.embedding]
+    overrides = {**getattr(cfg, cfg.embedding), "use_data_edges": cfg.use_data_edges}
+    return cls(cls.Config(**overrides)).fit(graph, seed=cfg.seed)
 
 
 def embedder_key(cfg: SelectorConfig) -> tuple:
     """Selectors with equal keys can share one fitted embedder."""
-    sub = cfg.sage if cfg.embedding == "sage" else cfg.node2vec if cfg.embedding == "node2vec" else {}
+    sub = getattr(cfg, cfg.embedding) if cfg.embedding != "none" else {}
     return (cfg.embedding, cfg.use_data_edges, cfg.seed, cfg.crossfit if cfg.embedding == "sage" else 0,
             tuple(sorted(sub.items())))
 

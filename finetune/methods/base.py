@@ -14,18 +14,15 @@ for the others.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import ClassVar
 
 import torch
 
+from finetune.options import option  # noqa: F401  (re-exported: the methods import it from here)
+
 OPTIMIZERS = ("adamw", "fp32-master", "remainder", "remainder-in-backward")
-
-
-def option(default, help: str, **kw):
-    """A dataclass field carrying ``help`` text (peft style), listed by ``mandc methods``."""
-    return field(default=default, metadata={"help": help, **kw})
 
 
 @dataclass

@@ -226,3 +226,35 @@ def test_probe_weight_is_chosen_by_cv(ref):
     probe = {m: float(np.mean(v)) for m, v in g.raw(d).items()}
     pred = sel.predict(h, d, probe=probe)
     assert max(pred, key=pred.get) == min(probe, key=probe.get)
+
+
+def test_config_options_carry_help_and_embedders_come_from_the_registry(graph):
+    from mandc.embed import EMBEDDERS
+    from mandc.select import EMBEDDINGS, make_embedder
+
+    opts = SelectorConfig.help()
+    assert set(opts) == set(SelectorConfig().to_dict()) and all(h for _, h in opts.values())
+    assert opts["knn"][0] == 5 and opts["sage"][0] == {}
+    assert SelectorConfig().sage is not SelectorConfig().sage  # a mutable default is never shared
+    assert set(EMBEDDINGS) == {*EMBEDDERS, "none"}
+    with pytest.raises(ValueError, match="'sage', 'node2vec', 'none'"):
+        SelectorConfig(embedding="gcn")
+    emb = make_embedder(SelectorConfig(embedding="node2vec", node2vec={"walks_per_node": 2, "epochs": 1}), graph)
+    assert type(emb) is EMBEDDERS["node2vec"] and emb.cfg.walks_per_node == 2
+    assert make_embedder(SelectorConfig(embedding="none"), graph) is None
+
+
+def test_feature_groups_are_separate_functions_in_the_fitted_order(graph):
+    from mandc import select as S
+
+    d = graph.profiled[0]
+    h = graph.without_performance(d)
+    sel = Selector(SelectorConfig(embedding="none", **{k: v for k, v in FAST.items() if k == "n_estimators"})).fit(h)
+    models, names, X = sel.features(h, d)
+    ctx = sel._context(h)
+    groups = [S.model_columns(h, models, sel.model_keys_), S.data_columns(h, d, len(models)),
+              S.pair_columns(h, ctx, d, models), S.neighbor_columns(ctx, d, models, sel.cfg.knn)]
+    assert names == [n for g in groups for n in g]
+    assert np.array_equal(X, np.stack([v for g in groups for v in g.values()], 1), equal_nan=True)
+    probe = S.probe_columns({models[0]: 1.0, models[1]: 2.0}, models)
+    assert probe["z.probe"][0] == 1.0 and probe["z.probe"][1] == 0.0 and np.isnan(probe["z.probe"][2])
