@@ -40,9 +40,10 @@ class QTALoraConfig(LoraMethodConfig):
     def validate(self) -> None:
         super().validate()
         if self.plan is not None:
-            from finetune.quant import QuantConfig, resolve_config
+            from finetune.quant import QuantConfig, plan_data, resolve_quant_config
 
-            resolve_config(QuantConfig(plan=self.plan))  # a bad plan fails before the model is loaded
+            self.plan = plan_data(self.plan)
+            resolve_quant_config(QuantConfig(plan=self.plan))  # a bad plan fails before the model is loaded
 
 
 @register

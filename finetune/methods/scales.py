@@ -48,15 +48,18 @@ class PEQAConfig(MethodConfig):
         check_bits(self.bits)
         if self.n_timestep_sets < 1:
             raise ValueError(f"n_timestep_sets must be ≥ 1, got {self.n_timestep_sets}")
+        from finetune.quant import plan_data
+
+        self.plan = plan_data(self.plan)
         self.quant_config()  # a bad plan or a contradiction with a BitPlan's recipe fails here, before loading
 
     def quant_config(self):
         """The :class:`~finetune.quant.QuantConfig` this method quantizes the denoiser with."""
-        from finetune.quant import QuantConfig, resolve_config
+        from finetune.quant import QuantConfig, resolve_quant_config
 
         cfg = QuantConfig(bits=self.bits, plan=self.plan, init=self.init, separable=self.separable,
                           n_timestep_sets=self.n_timestep_sets)
-        resolve_config(cfg)
+        resolve_quant_config(cfg)
         return cfg
 
 

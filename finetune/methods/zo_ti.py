@@ -69,10 +69,11 @@ class ZOTIConfig(MethodConfig):
             raise ValueError("need n_directions ≥ 1, mu > 0, tau ≥ 2 and 0 < nu < 1")
         if self.normalize not in ("code", "paper"):
             raise ValueError(f"normalize must be 'code' or 'paper', got {self.normalize!r}")
-        from finetune.quant import resolve_config
+        from finetune.quant import plan_data, resolve_quant_config
 
+        self.plan = plan_data(self.plan)
         for cfg in self.quant_configs().values():
-            resolve_config(cfg)  # bad bits or a bad plan fail before the model is loaded
+            resolve_quant_config(cfg)  # bad bits or a bad plan fail before the model is loaded
 
     def quant_configs(self) -> dict:
         """``{component: QuantConfig}`` for the denoiser, the text encoder and the VAE."""

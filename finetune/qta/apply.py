@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from finetune.quant import (QuantConfig, quantize_, register_quantize_handler, resolve_config, resolve_plan,
+from finetune.quant import (QuantConfig, quantize_, register_quantize_handler, resolve_quant_config, resolve_plan,
                             scale_parameters)
 from finetune.qta.layer import QTALoRALinear
 
@@ -74,7 +74,7 @@ def _apply_qta_lora_(model: nn.Module, config: QTALoRAQuantConfig) -> nn.Module:
             raise ValueError(f"target module {name!r} is a {type(m).__name__}; QTA LoRA applies to nn.Linear only")
     bits, init = {}, "minmax"
     if c.plan is not None:
-        resolved = resolve_config(QuantConfig(plan=c.plan))
+        resolved = resolve_quant_config(QuantConfig(plan=c.plan))
         bits = {n: s["w_bits"] for n, s in resolve_plan(model, resolved.layers).items()}
         init = resolved.init
         others = [n for n in bits if n not in dict(hits)]

@@ -10,7 +10,7 @@ Typical use::
     follow_timesteps_(unet)            # the scale set follows each forward's timestep argument
 """
 from finetune.quant.act_quant import fake_quantize_activation
-from finetune.quant.bitplan import BITPLAN_RECIPE, BitPlan, BitPlanError
+from finetune.quant.bitplan import BITPLAN_RECIPE, BitPlan, BitPlanError, plan_data
 from finetune.quant.config import ACT_SCALES, QuantConfig
 from finetune.quant.functional import QuantMatmulFunction, dequantize, quant_matmul
 from finetune.quant.layers import QuantConv2d, QuantLayer, QuantLinear
@@ -19,7 +19,7 @@ from finetune.quant.persistence import (load_quantized_, load_trainable_scales_,
                                         save_quantized, trainable_scale_state_dict)
 from finetune.quant.quantize import (QuantSummary, calibrate_activations, load_plan, mark_only_scales_trainable_,
                                      quant_summary, quantize_, quantized_weight_bytes, read_plan,
-                                     register_quantize_handler, resolve_config, resolve_plan, scale_parameters,
+                                     register_quantize_handler, resolve_quant_config, resolve_plan, scale_parameters,
                                      set_activation_ranges_)
 from finetune.quant.timestep import (clear_timestep_, follow_timesteps_, set_timestep_, timestep_scales,
                                      timestep_set_index)
@@ -27,8 +27,8 @@ from finetune.quant.weight_init import quantize_weight
 
 __all__ = [
     "QuantLinear", "QuantConv2d", "QuantLayer", "QuantMatmulFunction", "quant_matmul", "dequantize",
-    "quantize_", "QuantConfig", "ACT_SCALES", "register_quantize_handler", "resolve_config",
-    "BitPlan", "BitPlanError", "BITPLAN_RECIPE",
+    "quantize_", "QuantConfig", "ACT_SCALES", "register_quantize_handler", "resolve_quant_config",
+    "BitPlan", "BitPlanError", "BITPLAN_RECIPE", "plan_data",
     "QuantSummary", "quant_summary", "quantized_weight_bytes", "load_plan", "read_plan", "resolve_plan",
     "scale_parameters", "mark_only_scales_trainable_",
     "set_timestep_", "clear_timestep_", "timestep_scales", "timestep_set_index", "follow_timesteps_",

@@ -126,6 +126,12 @@ class BitPlan:
         return cls.from_dict(d, f"bit plan {str(path)!r}")
 
 
+def plan_data(plan):
+    """``plan`` as method configs hold it: a :class:`BitPlan` becomes its JSON dict (``asdict`` of a config
+    would otherwise drop its ``format`` key, and with it the recipe); anything else is returned as is."""
+    return plan.to_dict() if isinstance(plan, BitPlan) else plan
+
+
 def _jsonable(x):
     import numpy as np
 

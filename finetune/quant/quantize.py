@@ -211,7 +211,7 @@ def quantize_(model: nn.Module, config=None, /, **fields) -> nn.Module:
     return handler(model, config)
 
 
-def resolve_config(config: QuantConfig) -> ResolvedQuant:
+def resolve_quant_config(config: QuantConfig) -> ResolvedQuant:
     """Read ``config.plan`` and decide every ``None`` field (see :mod:`finetune.quant.config`)."""
     if config.plan is None:
         layers, bitplan = {"re:.*": {"w_bits": config.bits, "a_bits": config.a_bits}}, None
@@ -237,7 +237,7 @@ def resolve_config(config: QuantConfig) -> ResolvedQuant:
 def _quantize_scales_(model: nn.Module, config: QuantConfig) -> nn.Module:
     """The :class:`QuantConfig` transform: ``QuantLinear`` / ``QuantConv2d`` with frozen codes and trainable
     scales (``Δs_out = 0``, ``s_in = 1``), activation scales set when calibrated. Logs the summary."""
-    r = resolve_config(config)
+    r = resolve_quant_config(config)
     if r.bitplan is not None:
         modules = dict(model.named_modules())
         missing = [n for n in r.layers if not n.startswith("re:") and n not in modules]

@@ -13,7 +13,7 @@ from safetensors import safe_open
 
 import finetune.quant.quantize as quantize_module
 from finetune.methods import get_method
-from finetune.quant import BitPlan, QuantConfig, QuantLayer, resolve_config, unpack_codes
+from finetune.quant import BitPlan, QuantConfig, QuantLayer, resolve_quant_config, unpack_codes
 from finetune.qta import QTALoRALinear, QTALoRAQuantConfig
 from finetune.runner import run
 from profiler.mpq import MPQConfig, run_quantize
@@ -87,11 +87,12 @@ def test_the_scored_model_is_mpq_diffs_recipe(scored):
 
 
 @pytest.mark.parametrize("method", ["peqa", "tuneqdm"])
-@pytest.mark.parametrize("as_dict", [False, True])
-def test_scale_methods_start_from_the_scored_model(scored, method, as_dict):
+@pytest.mark.parametrize("form", ["path", "dict", "object"])
+def test_scale_methods_start_from_the_scored_model(scored, method, form):
     base, path, den, _ = scored
-    plan = BitPlan.load(path).to_dict() if as_dict else str(path)
-    model, _ = started(method, base, {"plan": plan})
+    plan = {"path": str(path), "dict": BitPlan.load(path).to_dict(), "object": BitPlan.load(path)}[form]
+    model, m = started(method, base, {"plan": plan})
+    assert m.config.to_dict()["plan"] == (str(path) if form == "path" else BitPlan.load(path).to_dict())
     assert_same_model(quant_state(model.denoiser), quant_state(den))
     layers = [m for m in model.denoiser.modules() if isinstance(m, QuantLayer)]
     assert all(not m.delta_s_out.any() for m in layers)  # the trainable scales start as the identity ...
@@ -123,11 +124,11 @@ def test_finetune_run_saves_the_scored_model_before_training(scored, tmp_path):
 def test_a_bitplan_refuses_another_recipe(scored):
     _, path, _, _ = scored
     with pytest.raises(ValueError, match="would quantize another model"):
-        resolve_config(QuantConfig(plan=str(path), symmetric=False))
+        resolve_quant_config(QuantConfig(plan=str(path), symmetric=False))
     with pytest.raises(ValueError, match="would quantize another model"):
         get_method("peqa").Config.from_dict({"plan": str(path), "init": "minmax"}).validate()
     # a plain mapping keeps PEQA's recipe (asymmetric, dynamic activations)
-    r = resolve_config(QuantConfig(plan=BitPlan.load(path).quant_plan()))
+    r = resolve_quant_config(QuantConfig(plan=BitPlan.load(path).quant_plan()))
     assert (r.symmetric, r.init, r.act_scales, r.bitplan) == (False, "clip", "dynamic", None)
 
 
@@ -197,3 +198,19 @@ def _imports(path: Path) -> set[str]:
 def test_no_method_knowledge_in_the_model_and_no_quant_import_circle():
     assert not any(m.startswith("finetune.quant") for m in _imports(ROOT / "finetune/model.py"))
     assert "finetune.quant.layers" not in _imports(ROOT / "finetune/quant/act_quant.py")
+
+
+@pytest.mark.parametrize("kind", ["unet", "dit"])
+def test_tuneqdm_sets_follow_the_forward_timestep(kind):
+    """The method's hook reads the UNet's positional timestep and PixArt's ``timestep=`` keyword."""
+    base = tiny_model(kind)
+    model, _ = started("tuneqdm", base, {})
+    layers = [m for m in model.denoiser.modules() if isinstance(m, QuantLayer)]
+    x = torch.randn(2, 3, 32, 32)
+    cond = base.encode_prompt(["a", "b"])
+    with torch.no_grad():
+        for t, want in (([900, 900], 1), ([100, 100], 0)):
+            model.denoise(x, torch.tensor(t), cond)
+            assert all(m._timestep_sets == want for m in layers)
+        model.denoise(x, torch.tensor([100, 900]), cond)
+        assert all(m._timestep_sets.tolist() == [0, 1] for m in layers)
