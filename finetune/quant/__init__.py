@@ -1,5 +1,5 @@
 """One quantizer: ``quantize_(model, config)`` with a :class:`QuantConfig` (PEQA, TuneQDM, a BitPlan from
-``mandc quantize``) or a registered config such as ``finetune.qta.QTALoRAConfig``.
+``mandc quantize``) or a registered config such as ``finetune.qta.QTALoRAQuantConfig``.
 
 Typical use::
 

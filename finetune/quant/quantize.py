@@ -3,7 +3,7 @@
 Config is data, the transform is a registered function (torchao style): :func:`quantize_` looks up the
 handler registered for the config's type (:func:`register_quantize_handler`). :class:`QuantConfig` (this
 module's handler) makes ``QuantLinear`` / ``QuantConv2d`` layers with trainable scales;
-``finetune.qta.QTALoRAConfig`` makes QTA LoRA layers with the same weight quantizer. Keyword fields are a
+``finetune.qta.QTALoRAQuantConfig`` makes QTA LoRA layers with the same weight quantizer. Keyword fields are a
 shorthand for a :class:`QuantConfig`::
 
     quantize_(unet, QuantConfig(bits=4))                           # every Linear/Conv2d at 4 bits
@@ -195,7 +195,7 @@ def quantize_(model: nn.Module, config=None, /, **fields) -> nn.Module:
     """Quantize ``model`` in place with ``config`` and return it.
 
     ``config`` is a :class:`QuantConfig` (default) or any config type with a registered handler (e.g.
-    ``finetune.qta.QTALoRAConfig``); keyword ``fields`` instead build a :class:`QuantConfig`
+    ``finetune.qta.QTALoRAQuantConfig``); keyword ``fields`` instead build a :class:`QuantConfig`
     (``quantize_(m, bits=4)`` is ``quantize_(m, QuantConfig(bits=4))``).
     """
     if config is None:
