@@ -6,8 +6,8 @@ codes at their real width), ``.zero_point``, ``.s_out``, ``.delta_s_out`` (all t
 hyper-parameters, …) as JSON in the file's metadata. Layers that are not quantized are not written: they
 come from the base model. ``load_quantized_`` turns the matching layers of a full-precision model of the
 same architecture into quantized layers and fills them from the file, without re-quantizing. A model
-with timestep scale sets (TuneQDM) that followed its forward's timestep (:func:`follow_timesteps_`) is
-saved with its ``num_train_timesteps`` and follows it again once loaded.
+with timestep scale sets (TuneQDM) follows its forward's timestep once loaded (:func:`follow_timesteps_`,
+with the ``num_train_timesteps`` saved from a model that followed it, else 1000).
 
 ``trainable_scale_state_dict`` holds only what fine-tuning changes (``delta_s_out``, ``s_in``, and
 biases left trainable), keyed like ``model.state_dict()``.
@@ -147,8 +147,8 @@ def load_quantized_(model: nn.Module, path) -> nn.Module:
             if q is not current:
                 parent_name, _, child = name.rpartition(".")
                 setattr(model.get_submodule(parent_name), child, q)
-    if follow_t is not None:
-        follow_timesteps_(model, int(follow_t))
+    if any(cfg["n_timestep_sets"] > 1 for cfg in configs.values()):  # files from before the key: T = 1000
+        follow_timesteps_(model, int(follow_t or 1000))
     return model
 
 
