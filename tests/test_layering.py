@@ -38,8 +38,6 @@ KNOWN_CYCLE_EDGES = {
     ("finetune.refs", "finetune.zoo"),
     # pipeline.py <-> model.py (issue 13 item 2)
     ("finetune.pipeline", "finetune.model"),
-    # quant/act_quant.py <-> quant/layers.py (issue 13 item 2)
-    ("finetune.quant.act_quant", "finetune.quant.layers"),
 }
 
 
