@@ -167,7 +167,7 @@ class Crawler:
         node = row["node"] or f"hub:{row['repo_id']}@{row['sha']}"  # lineage of a skipped adapter too
         with st.transaction():
             if old and old.get("node") and old["node"] != row["node"] and \
-                    not any(r["job"]["model"] == old["node"] for r in st.records()):
+                    not st.records(model=old["node"]):
                 st.remove_model(old["node"])  # a superseded revision nobody measured
             if row["status"] == "ok":
                 st.add_model(row["node"], row["features"], row["info"], name=row["repo_id"])

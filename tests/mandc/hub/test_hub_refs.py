@@ -61,3 +61,16 @@ def test_crawl_then_profile_a_hub_model_then_offline(fake_hub, tmp_path, monkeyp
     load_model("hub:tiny/sd")
     with pytest.raises(ModelRefError, match="offline"):
         load_model("hub:tiny/sd-finetune")
+
+
+def test_t2imodel_from_pretrained_takes_a_folder_only(tmp_path):
+    import json
+
+    from finetune.model import T2IModel
+
+    (tmp_path / "zoo-like").mkdir()
+    (tmp_path / "zoo-like" / "model_index.json").write_text(json.dumps({"_class_name": "MandcPixelPipeline"}))
+    with pytest.raises(ModelRefError, match="load_model"):
+        T2IModel.from_pretrained(tmp_path / "zoo-like")
+    with pytest.raises(ModelRefError, match="no model_index.json"):
+        T2IModel.from_pretrained("zoo:unet-xs-gradients")
