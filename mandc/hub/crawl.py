@@ -264,7 +264,8 @@ def crawl(store, config: CrawlConfig | None = None, **kwargs) -> dict:
 def lineage_edges(card: dict, tags: list[str]) -> list[dict]:
     """Typed edges ``[{"base": "hub:ORG/NAME", "relation"}]`` from a card's ``base_model`` (str or list)
     and ``base_model_relation``, and the Hub's ``base_model:<relation>:<id>`` tags. An explicit relation
-    in the card wins, then the tag's; a base with neither is a ``finetune``."""
+    in the card wins, then the tag's; a base with neither is a ``finetune``. A base already written as a
+    reference (``zoo:NAME``, as zoo cards do, or ``hub:…``) is kept as it is."""
     edges: dict[str, str] = {}
     bases = card.get("base_model") or []
     bases = [bases] if isinstance(bases, str) else [b for b in bases if isinstance(b, str)]
@@ -277,7 +278,8 @@ def lineage_edges(card: dict, tags: list[str]) -> list[dict]:
             edges.setdefault(parts[2], parts[1])
     for b in bases:
         edges.setdefault(b, "finetune")
-    return [{"base": f"hub:{b}", "relation": r} for b, r in sorted(edges.items())]
+    return [{"base": b if b.startswith(("hub:", "zoo:")) else f"hub:{b}", "relation": r}
+            for b, r in sorted(edges.items())]
 
 
 # ------------------------------------------------------------------------------------------ helpers

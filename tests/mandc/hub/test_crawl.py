@@ -134,6 +134,8 @@ def test_lineage_edges_from_card_and_tags():
         {"base": "hub:a/b", "relation": "quantized"}]
     assert lineage_edges({"base_model": "a/b", "base_model_relation": "adapter"}, ["base_model:finetune:a/b"]) == [
         {"base": "hub:a/b", "relation": "adapter"}]
+    zoo_card = {"base_model": "zoo:unet-s-broad", "base_model_relation": "finetune"}  # as zoo cards write it
+    assert lineage_edges(zoo_card, []) == [{"base": "zoo:unet-s-broad", "relation": "finetune"}]
 
 
 def test_cli_crawl_json(fake_hub, tmp_path):
