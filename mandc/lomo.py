@@ -6,7 +6,9 @@ performance edges removed (:meth:`MatchingGraph.without_model`) (the other model
 on every profiled dataset ``d``; the other models keep their measured order on ``d`` (from ``h``), and
 ``m`` is inserted at the method's position. That ranking is scored against ``d``'s true one with the
 metrics of :func:`mandc.evaluate.score_ranking` (top-1: the first model is a true winner of ``d``;
-regret; Kendall τ over all models), averaged over datasets, then over the held-out models, then seeds.
+regret; Kendall τ over all models) and two of ``m`` itself: ``rank_err``, the absolute difference
+between ``m``'s placed and true positions, and ``win_top1``, on the datasets ``m`` wins, how often it is
+placed first. Averaged over datasets, then over the held-out models, then seeds.
 
 Methods (how ``m``'s position on ``d`` is chosen):
 
@@ -32,7 +34,7 @@ from mandc.graph import MatchingGraph
 from mandc.select import Selector
 
 LOMO_METHODS = ("mandc", "lgbm_features", "base_model", "family_mean", "random")
-METRICS = ("top1", "regret", "kendall")
+METRICS = ("top1", "regret", "kendall", "rank_err", "win_top1")
 
 
 def base_of(graph: MatchingGraph, model: str) -> str | None:
@@ -108,8 +110,7 @@ def evaluate_lomo(graph: MatchingGraph, seeds: int = 1, methods=LOMO_METHODS, mo
                     runs.append(_random(graph, h, m, datasets))
                     continue
                 pos = _place(method, seed, h, m, datasets)
-                runs.append(_mean([score_ranking(insert_ranking(_order(h, d), m, pos[d]), graph.scores(d),
-                                                 graph.raw(d)) for d in datasets]))
+                runs.append(_mean([_metrics(graph, h, m, d, pos[d]) for d in datasets]))
             per[m][method] = _mean(runs)
         if progress is not None:
             progress(i + 1, len(models))
@@ -120,27 +121,45 @@ def evaluate_lomo(graph: MatchingGraph, seeds: int = 1, methods=LOMO_METHODS, mo
             "per_model": per}
 
 
+def _metrics(graph: MatchingGraph, h: MatchingGraph, m: str, d: str, position: int) -> dict[str, float]:
+    """The ranking metrics of ``m`` placed at ``position`` on ``d``, plus ``m``'s own rank error and, where
+    ``m`` is a winner of ``d``, whether it was placed first."""
+    sc = graph.scores(d)
+    out = score_ranking(insert_ranking(_order(h, d), m, position), sc, graph.raw(d))
+    true_pos = sum(v > sc[m] for o, v in sc.items() if o != m)
+    out["rank_err"] = float(abs(position - true_pos))
+    if true_pos == 0:
+        out["win_top1"] = float(position == 0)
+    return out
+
+
 def _random(graph, h, m, datasets) -> dict[str, float]:
     rows = []
     for d in datasets:
-        others = _order(h, d)
-        rows.append(_mean([score_ranking(insert_ranking(others, m, p), graph.scores(d), graph.raw(d))
-                           for p in range(len(others) + 1)]))
+        n = len(_order(h, d)) + 1
+        rows.append(_mean([_metrics(graph, h, m, d, p) for p in range(n)]))
     return _mean(rows)
 
 
 def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
-    return {k: round(float(np.mean([r[k] for r in rows])), 4) for k in METRICS} if rows else {}
+    """Mean of each metric over the rows that have it (``win_top1`` only where the model wins)."""
+    out = {}
+    for k in METRICS:
+        vals = [r[k] for r in rows if k in r]
+        if vals:
+            out[k] = round(float(np.mean(vals)), 4)
+    return out
 
 
 def to_markdown(res: dict) -> str:
     """The LOMO table: methods × (top-1, regret, Kendall τ), all models and those with a base model."""
     lines = [f"Leave-one-model-out over {len(res['models'])} models ({len(res['with_base'])} with a base model), "
              f"{res['seeds']} seed(s)", "",
-             "| method | top-1 | regret | Kendall τ | top-1 (with base) | regret (with base) |",
-             "|---|---|---|---|---|---|"]
+             "| method | top-1 | regret | Kendall τ | rank err | wins placed first | rank err (with base) | "
+             "τ (with base) |", "|---|---|---|---|---|---|---|---|"]
+    nan = float("nan")
     for k, v in res["methods"].items():
         w = res["lineage_only"].get(k, {})
-        lines.append(f"| {k} | {v['top1']:.3f} | {v['regret']:.3f} | {v['kendall']:.3f} | "
-                     f"{w.get('top1', float('nan')):.3f} | {w.get('regret', float('nan')):.3f} |")
+        lines.append(f"| {k} | {v['top1']:.3f} | {v['regret']:.3f} | {v['kendall']:.3f} | {v['rank_err']:.2f} | "
+                     f"{v.get('win_top1', nan):.3f} | {w.get('rank_err', nan):.2f} | {w.get('kendall', nan):.3f} |")
     return "\n".join(lines)

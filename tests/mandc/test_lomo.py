@@ -51,6 +51,7 @@ def test_lineage_places_a_near_copy_of_its_base_and_beats_random():
     # its base's score puts it right below the base: never picks it over the true winner, τ ≈ 1
     assert child["base_model"]["regret"] <= 0.01 and child["base_model"]["kendall"] > 0.95
     assert child["base_model"]["kendall"] > child["random"]["kendall"] + 0.1
+    assert child["base_model"]["rank_err"] < child["random"]["rank_err"] and child["base_model"]["rank_err"] <= 0.5
     assert set(res["methods"]) == {"lgbm_features", "base_model", "family_mean", "random"}
     assert "| base_model |" in to_markdown(res)
     with pytest.raises(ValueError, match="unknown LOMO"):

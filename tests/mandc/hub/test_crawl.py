@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -72,7 +73,7 @@ def test_crawl_stores_nodes_lineage_and_skips_with_faults_then_refetches_nothing
     # nothing but the small JSON files and the card came down (no weights in the HF cache)
     from huggingface_hub import constants
 
-    cached = [p.name for p in __import__("pathlib").Path(constants.HF_HUB_CACHE).rglob("*") if p.is_file()]
+    cached = [p.name for p in Path(constants.HF_HUB_CACHE).rglob("*") if p.is_file()]
     assert cached and not [n for n in cached if n.endswith((".safetensors", ".bin"))]
 
     # typed lineage: finetune from the card's base_model (no relation given), adapter from the card
