@@ -46,6 +46,12 @@ def test_crawl_then_profile_a_hub_model_then_offline(fake_hub, tmp_path, monkeyp
 
     load_model("hub:tiny/sd")  # the default branch too, so it is cached by name
 
+    # finetune.run takes the hub: reference as it is (the Python API behind `mandc finetune --model`)
+    from finetune.runner import run
+
+    res = run(node, "builtin:shapes_circles", "lora", {"steps": 2, "batch_size": 4}, tmp_path / "ft")
+    assert res.model == node and res.steps == 2 and res.heldout_loss_after is not None
+
     # the pickle-only and the gated repos fail with a clear reason (nothing unpickled)
     with pytest.raises(ModelRefError, match="pickle-only"):
         load_model("hub:tiny/pickle-only")
