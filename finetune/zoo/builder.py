@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from data.io import mandc_home
-from finetune.refs import ModelRefError
+from finetune.errors import ModelRefError
 from finetune.zoo.card import read_card, write_card
 from finetune.zoo.specs import PRETRAIN_SEED, PROMPT_TOKENS, SCHEDULER_CONFIG, ZOO, ZooSpec
 
@@ -292,6 +292,8 @@ def _card_meta(spec: ZooSpec, model, config, result, datasets: list[str], n_imag
                        "text_encoder": model.num_parameters("text_encoder")},
         "mixture": mixture,
         "parent": spec.parent,
+        # lineage as a Hub card states it (what ``mandc.hub`` reads): continued pretraining = a fine-tune
+        **({"base_model": f"zoo:{spec.parent}", "base_model_relation": "finetune"} if spec.parent else {}),
         "lineage": lineage,  # pretraining stages, root first: the weights saw all of them in order
         "total_steps": sum(stage["steps"] for stage in lineage),
         "datasets": datasets,
@@ -343,8 +345,8 @@ def _card_body(spec: ZooSpec, meta: dict, prompts: list[str]) -> str:
         *[f"{i + 1}. {p}" for i, p in enumerate(prompts)],
         "",
         "```python",
-        "from finetune.model import T2IModel",
-        f'model = T2IModel.from_pretrained("zoo:{spec.name}")',
+        "from finetune.load import load_model",
+        f'model = load_model("zoo:{spec.name}")',
         "```",
     ]
     return "\n".join(lines)
