@@ -31,14 +31,7 @@ PACKAGES = ("data", "finetune", "profiler", "mandc")  # each may import only its
 # The fewest edges (importer, imported) whose removal breaks every import cycle inside `finetune` known at
 # issue 13; all are function-level imports. Remove an entry when its fix lands (the test fails while a
 # stale one lingers), never add one.
-KNOWN_CYCLE_EDGES = {
-    # model.py -> refs.py|zoo -> zoo/builder.py -> train.py -> model.py, and refs.py -> zoo ->
-    # zoo/builder.py -> refs.py (issue 13 item 2: one load_model above model.py; T2IModel resolves nothing)
-    ("finetune.model", "finetune.zoo"),
-    ("finetune.refs", "finetune.zoo"),
-    # pipeline.py <-> model.py (issue 13 item 2)
-    ("finetune.pipeline", "finetune.model"),
-}
+KNOWN_CYCLE_EDGES: set[tuple[str, str]] = set()  # issue 13's cycles are all broken; keep it empty
 
 
 def _modules(root: Path) -> dict[str, Path]:
