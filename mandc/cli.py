@@ -367,6 +367,10 @@ def profile_cmd(
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated fine-tuning seeds, e.g. 0,1."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes (default: one per CPU)."),
     executor: str = typer.Option("local", "--executor", help="local (process pool) or ray."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray only: the cluster to join (HOST:6379 or auto; "
+                                          "default: start a local Ray instance)."),
+    gpus_per_job: Optional[float] = typer.Option(None, "--gpus-per-job", help="Ray only: GPUs each job reserves "
+                                                 "(default: 1 when the cluster has GPUs, else 0)."),
     campaign_dir: Optional[Path] = typer.Option(None, "--campaign-dir", help="Where records go, one file per job "
                                                 "(default $MANDC_HOME/profiling); finished jobs are skipped."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-run jobs whose record says failed."),
@@ -382,11 +386,11 @@ def profile_cmd(
         jobs = build_jobs(parse_list(models, "--models"), parse_list(datasets, "--datasets"), method, steps,
                           parse_seeds(seeds))
         summary, records = run_profile(jobs, campaign_dir, executor, workers, progress=not as_json,
-                                       retry_failed=retry_failed)
+                                       retry_failed=retry_failed, address=address, gpus_per_job=gpus_per_job)
     except (ValueError, ImportError) as e:
         _fail(str(e))
     _store_records(records)
-    failed = sum(r["status"] != "ok" for r in records)  # exit 1 if any requested job has no ok record
+    failed = sum(r["status"] == "failed" for r in records)  # exit 1 if a job failed (did_not_fit is a result)
     if as_json:
         print(json.dumps({"summary": summary, "records": records}, indent=2))
         raise typer.Exit(1 if failed else 0)
@@ -396,12 +400,12 @@ def profile_cmd(
         t.add_column(c)
     for r in records:
         j, m = r["job"], r["metrics"]
-        t.add_row(j["model"], j["dataset"], str(j["seed"]), r["status"], f"{m['heldout_loss']:.4f}" if m else "—",
-                  f"{m['zero_shot_loss']:.4f}" if m else "—", f"{r['wall_s']:.1f}")
+        t.add_row(j["model"], j["dataset"], str(j["seed"]), r["status"], f"{m['heldout_loss']:.4f}" if r["status"] == "ok" else "—",
+                  f"{m['zero_shot_loss']:.4f}" if r["status"] == "ok" else "—", f"{r['wall_s']:.1f}")
     out.print(t)
     for r in records:
         if r["status"] != "ok":
-            console.print(f"failed: {r['job']['model']} × {r['job']['dataset']} seed {r['job']['seed']}: {r['error']}",
+            console.print(f"{r['status'].replace('_', ' ')}: {r['job']['model']} × {r['job']['dataset']} seed {r['job']['seed']}: {r['error']}",
                           highlight=False, soft_wrap=True)
     console.print(f"campaign: {summary['campaign_dir']} ({summary['wall_s']:.0f}s); held-out/zero-shot: held-out "
                   "denoising loss after/before fine-tuning, lower is better", highlight=False, soft_wrap=True)
