@@ -76,3 +76,22 @@ def test_candidates_and_bad_input(reference):
         suggest(full, 1, candidates=[("zoo:nope", full.profiled[0])])
     with pytest.raises(ValueError, match="n must be"):
         suggest(full, 0)
+
+
+def test_profile_suggest_command(monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    import mandc.active as active
+    from mandc.cli import app
+
+    monkeypatch.setattr(active, "SelectorConfig", lambda: FAST)  # the CLI's default selector, made cheap
+    model = load_reference()[1][0]["ref"]
+    res = CliRunner().invoke(app, ["profile", "--suggest", "3", "--models", model, "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout[res.stdout.index("["):])
+    assert len(out) == 3 and {o["model"] for o in out} == {model}  # on datasets the store has not measured
+    assert all(o["reason"] for o in out)
+    assert CliRunner().invoke(app, ["profile", "--run"]).exit_code == 2
+    assert CliRunner().invoke(app, ["profile", "--models", "zoo:a"]).exit_code == 2  # no --datasets
