@@ -1,7 +1,8 @@
 """Test-only fine-tuning methods for the Ray executor tests (never imported by the product).
 
-The Ray test cluster imports this module in every worker (``worker_process_setup_hook``), which
-registers the methods below in ``finetune.methods`` there; a job names one as its ``method`` and its
+The Ray test cluster calls :func:`setup` in every worker (``worker_process_setup_hook``), which
+registers the methods below in ``finetune.methods`` there (only there: the test process's registry,
+which other tests parametrize over, stays as the product has it); a job names one as its ``method`` and its
 ``hook_dir`` option, so the failure happens *inside the job*, on the real code path of
 :func:`profiler.jobs.run_job` → ``finetune.run`` → ``Method.step``. Every attempt appends the worker's
 pid to ``hook_dir/attempts``.
@@ -93,6 +94,3 @@ def stamp(item: dict) -> dict:
         time.sleep(0.05)
     return {"released": released, "gpu_ids": [str(i) for i in ray.get_gpu_ids()],
             "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
-
-
-setup()

@@ -82,6 +82,9 @@ def test_campaign_on_ray_matches_the_local_executor(cluster, tiny_folder, tmp_pa
     assert set(ray_recs) == {j.job_id for j in jobs}
     assert ray_recs == local_recs  # bit-identical held-out and zero-shot losses, same weights
     assert len({m["heldout_loss"] for _, m, _ in ray_recs.values()}) == 4
+    from finetune.methods import METHODS
+
+    assert "test-pause" not in METHODS  # the test methods live in the Ray workers only
 
 
 def test_a_worker_killed_mid_job_is_retried_and_recorded_once(cluster, tiny_folder, tmp_path):
