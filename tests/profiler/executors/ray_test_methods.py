@@ -9,6 +9,7 @@ pid to ``hook_dir/attempts``.
 
 - ``test-pause``: the first attempt writes its pid to ``hook_dir/pid`` and waits to be killed (the test
   sends SIGKILL); a later attempt (Ray's retry) trains like ``full``.
+- ``test-crash``: every attempt kills its own worker process (SIGKILL), as a segfault would.
 - ``test-broken``: the job's own code fails (``RuntimeError`` in the first step).
 - ``test-oom``: the first step raises ``torch.OutOfMemoryError`` with CUDA's allocator message, as a
   batch that does not fit the GPU would (on a CPU machine there is no CUDA allocator to exhaust).
@@ -59,6 +60,14 @@ class Pause(_Hooked):
             time.sleep(120)  # killed long before
 
 
+class Crash(_Hooked):
+    name = "test-crash"
+
+    def setup_(self) -> None:
+        self._attempt()
+        os.kill(os.getpid(), 9)
+
+
 class Broken(_Hooked):
     name = "test-broken"
 
@@ -77,7 +86,7 @@ class OutOfMemory(_Hooked):
 
 def setup() -> None:
     """Register the methods (idempotent): the Ray workers' setup hook."""
-    for cls in (Pause, Broken, OutOfMemory):
+    for cls in (Pause, Crash, Broken, OutOfMemory):
         if cls.name not in METHODS:
             register(cls)
 

@@ -135,6 +135,16 @@ def test_a_job_failing_in_its_own_code_is_recorded_and_not_retried(cluster, tiny
     assert again["ran"] == 0 and len(_attempts(hooks)) == 1  # and a resumed campaign does not rerun it
 
 
+def test_a_job_that_keeps_killing_its_worker_is_retried_max_retries_times(cluster, tiny_folder, tmp_path):
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    job = _job(tiny_folder, "test-crash", hook_dir=str(hooks))
+    camp = Campaign(tmp_path / "c")
+    summary = camp.run([job], RayExecutor(max_retries=1), progress=False)
+    assert summary["failed"] == 1 and len(_attempts(hooks)) == 2  # the first run and one retry, then given up
+    assert camp.read_record(job.job_id).error.startswith("worker failed: ")
+
+
 def test_out_of_memory_is_recorded_as_did_not_fit(cluster, tiny_folder, tmp_path):
     hooks = tmp_path / "hooks"
     hooks.mkdir()
