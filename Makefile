@@ -20,11 +20,11 @@ RUNENV := TMPDIR=$(BUILD)/tmp XDG_CACHE_HOME=$(BUILD)/cache TORCHINDUCTOR_CACHE_
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,ray]"
 	mkdir -p $(BUILD)/tmp $(BUILD)/cache $(BUILD)/inductor $(BUILD)/mpl
 	touch $(STAMP)
 

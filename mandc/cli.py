@@ -361,18 +361,59 @@ def _store_records(records: list[dict]) -> None:
         Store().add_records(records)
 
 
+def _suggest_pairs(n: int, models: str | None, datasets: str | None, as_json: bool,
+                   show: bool = True) -> list[tuple[str, str, str]]:
+    """``mandc profile --suggest N``: the pairs :func:`mandc.active.suggest` proposes from the graph store,
+    printed when ``show`` (a table, or JSON)."""
+    from mandc.active import suggest
+    from mandc.store import Store, StoreError
+    from profiler.profile_cmd import parse_list
+
+    try:
+        with console.status(f"choosing {n} pairs to profile (fitting the selector ensemble)"):
+            g = Store().graph()
+            cands = None
+            if models or datasets:
+                ms = parse_list(models, "--models") if models else g.models
+                ds = parse_list(datasets, "--datasets") if datasets else g.datasets
+                cands = [(m, d) for m in ms for d in ds]
+            pairs = suggest(g, n, candidates=cands)
+    except (StoreError, ValueError, KeyError) as e:
+        _fail(str(e).strip("'\""))
+    if not show:
+        return pairs
+    if as_json:
+        print(json.dumps([{"model": m, "dataset": d, "reason": why} for m, d, why in pairs], indent=2))
+    else:
+        t = Table(title=f"{len(pairs)} pairs to profile next (best first)", title_justify="left")
+        for c in ("model", "dataset", "why"):
+            t.add_column(c)
+        for row in pairs:
+            t.add_row(*row)
+        out.print(t)
+    return pairs
+
+
 @app.command("profile")
 def profile_cmd(
-    models: str = typer.Option(..., "--models", help="Comma-separated model refs, e.g. zoo:unet-s-broad,zoo:dit-m-simple."),
-    datasets: str = typer.Option(..., "--datasets", help="Comma-separated dataset refs, e.g. builtin:shapes_circles."),
+    models: Optional[str] = typer.Option(None, "--models", help="Comma-separated model refs, e.g. zoo:unet-s-broad,zoo:dit-m-simple."),
+    datasets: Optional[str] = typer.Option(None, "--datasets", help="Comma-separated dataset refs, e.g. builtin:shapes_circles."),
     method: str = typer.Option("full", "--method", help="Fine-tuning method (default full: the reference budget)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Fine-tuning steps per job (default: the reference budget's)."),
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated fine-tuning seeds, e.g. 0,1."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes (default: one per CPU)."),
     executor: str = typer.Option("local", "--executor", help="local (process pool) or ray."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray only: the cluster to join (HOST:6379 or auto; "
+                                          "default: start a local Ray instance)."),
+    gpus_per_job: Optional[float] = typer.Option(None, "--gpus-per-job", help="Ray only: GPUs each job reserves "
+                                                 "(default: 1 when the cluster has GPUs, else 0)."),
     campaign_dir: Optional[Path] = typer.Option(None, "--campaign-dir", help="Where records go, one file per job "
                                                 "(default $MANDC_HOME/profiling); finished jobs are skipped."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-run jobs whose record says failed."),
+    suggest_n: Optional[int] = typer.Option(None, "--suggest", min=1, help="Propose the N (model, dataset) pairs of "
+                                            "the graph store whose measurement should improve selection most "
+                                            "(--models/--datasets restrict them); --run profiles them."),
+    run_suggested: bool = typer.Option(False, "--run", help="With --suggest: profile the suggested pairs."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary and records as JSON."),
 ) -> None:
     """Profile models on datasets: fine-tune each pair with a fixed budget, record held-out losses (resumable)."""
@@ -381,15 +422,27 @@ def profile_cmd(
 
     if executor not in EXECUTORS:
         _fail(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
+    if run_suggested and suggest_n is None:
+        _fail("--run goes with --suggest N")
+    if suggest_n is None and (not models or not datasets):
+        _fail("give --models and --datasets (or --suggest N)")
+    pairs = None
+    if suggest_n is not None:
+        pairs = _suggest_pairs(suggest_n, models, datasets, as_json, show=not (as_json and run_suggested))
+        if not run_suggested:
+            return
     try:
-        jobs = build_jobs(parse_list(models, "--models"), parse_list(datasets, "--datasets"), method, steps,
-                          parse_seeds(seeds))
+        if pairs is not None:
+            jobs = [j for m, d, _ in pairs for j in build_jobs([m], [d], method, steps, parse_seeds(seeds))]
+        else:
+            jobs = build_jobs(parse_list(models, "--models"), parse_list(datasets, "--datasets"), method, steps,
+                              parse_seeds(seeds))
         summary, records = run_profile(jobs, campaign_dir, executor, workers, progress=not as_json,
-                                       retry_failed=retry_failed)
+                                       retry_failed=retry_failed, address=address, gpus_per_job=gpus_per_job)
     except (ValueError, ImportError) as e:
         _fail(str(e))
     _store_records(records)
-    failed = sum(r["status"] != "ok" for r in records)  # exit 1 if any requested job has no ok record
+    failed = sum(r["status"] == "failed" for r in records)  # exit 1 if a job failed (did_not_fit is a result)
     if as_json:
         print(json.dumps({"summary": summary, "records": records}, indent=2))
         raise typer.Exit(1 if failed else 0)
@@ -399,12 +452,12 @@ def profile_cmd(
         t.add_column(c)
     for r in records:
         j, m = r["job"], r["metrics"]
-        t.add_row(j["model"], j["dataset"], str(j["seed"]), r["status"], f"{m['heldout_loss']:.4f}" if m else "—",
-                  f"{m['zero_shot_loss']:.4f}" if m else "—", f"{r['wall_s']:.1f}")
+        t.add_row(j["model"], j["dataset"], str(j["seed"]), r["status"], f"{m['heldout_loss']:.4f}" if r["status"] == "ok" else "—",
+                  f"{m['zero_shot_loss']:.4f}" if r["status"] == "ok" else "—", f"{r['wall_s']:.1f}")
     out.print(t)
     for r in records:
         if r["status"] != "ok":
-            console.print(f"failed: {r['job']['model']} × {r['job']['dataset']} seed {r['job']['seed']}: {r['error']}",
+            console.print(f"{r['status'].replace('_', ' ')}: {r['job']['model']} × {r['job']['dataset']} seed {r['job']['seed']}: {r['error']}",
                           highlight=False, soft_wrap=True)
     console.print(f"campaign: {summary['campaign_dir']} ({summary['wall_s']:.0f}s); held-out/zero-shot: held-out "
                   "denoising loss after/before fine-tuning, lower is better", highlight=False, soft_wrap=True)

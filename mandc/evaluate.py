@@ -249,14 +249,18 @@ def _fit_predict(name: str, seed: int, h: MatchingGraph, d: str, probe: dict, ba
 
 
 def evaluate_seed(graph: MatchingGraph, seed: int, selectors=SELECTOR_NAMES, base: SelectorConfig | None = None,
-                  datasets: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]]:
-    """``{selector: {dataset: metrics}}`` of one seed (the random baseline exactly, without fitting)."""
+                  datasets: list[str] | None = None, truth: MatchingGraph | None = None
+                  ) -> dict[str, dict[str, dict[str, float]]]:
+    """``{selector: {dataset: metrics}}`` of one seed (the random baseline exactly, without fitting).
+    ``truth``: the graph whose measured rows score the rankings (default ``graph``; a partly measured
+    ``graph`` is scored against the full matrix this way, as ``benchmarks/active.py`` does)."""
     out: dict = {n: {} for n in selectors}
     timing = {n: 0.0 for n in selectors}
-    has_probe = all(len(graph.zero_shot(d)) == len(graph.scores(d)) for d in graph.profiled)
+    truth = graph if truth is None else truth
+    has_probe = all(len(truth.zero_shot(d)) == len(truth.scores(d)) for d in truth.profiled)
     for d in datasets or graph.profiled:
-        scores, raw = graph.scores(d), graph.raw(d)
-        probe = graph.zero_shot(d)  # measured before fine-tuning: what a user gets from forward passes
+        scores, raw = truth.scores(d), truth.raw(d)
+        probe = truth.zero_shot(d)  # measured before fine-tuning: what a user gets from forward passes
         h = graph.without_performance(d)
         embedders: dict = {}
         for name in selectors:

@@ -41,6 +41,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from data.io import atomic_write, canonical_json, mandc_home
+from profiler.schema import STATUSES
 
 STORE_FORMAT = "mandc.Store"   # meta 'format' and the export's "format"
 SCHEMA_VERSION = 1
@@ -357,8 +358,8 @@ class Store:
             if not isinstance(job, dict) or not r.get("job_id") or not job.get("model") or not job.get("dataset"):
                 raise StoreError(f"not a ProfileRecord (needs job_id, job.model, job.dataset): {str(r)[:160]}")
             status = r.get("status")
-            if status not in ("ok", "failed"):
-                raise StoreError(f"record {r['job_id']}: status must be 'ok' or 'failed', got {status!r}")
+            if status not in STATUSES:  # did_not_fit and failed are history; the graph uses ok ones
+                raise StoreError(f"record {r['job_id']}: status must be one of {', '.join(STATUSES)}, got {status!r}")
             try:
                 text = canonical_json(r)
             except ValueError:

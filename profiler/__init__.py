@@ -20,8 +20,8 @@ _EXPORTS = {
     "QuantizeResult": "profiler.mpq.run",
     "plot_bitplan": "profiler.mpq.plot",
     # profiling jobs and campaigns (model selection's measurements)
-    "ProfileJob": "profiler.jobs",
-    "ProfileRecord": "profiler.jobs",
+    "ProfileJob": "profiler.schema",
+    "ProfileRecord": "profiler.schema",
     "run_job": "profiler.jobs",
     "Campaign": "profiler.campaign",
     "EXECUTORS": "profiler.executors",

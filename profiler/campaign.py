@@ -34,8 +34,8 @@ from pathlib import Path
 
 from data.io import atomic_write
 from profiler.executors import Executor, get_executor
-from profiler.jobs import (ProfileJob, ProfileRecord, _host, _light_versions, _now, describe_error, model_fingerprint,
-                           run_job)
+from profiler.jobs import model_fingerprint, run_job
+from profiler.schema import ProfileJob, ProfileRecord, describe_error, hostname, light_versions, utc_now
 
 RECORDS = "records"
 WORK = "work"
@@ -152,8 +152,8 @@ class Campaign:
         serves the following jobs, and a pair's second seed starts after its first one finished, so it
         can reuse that record's zero-shot loss (:func:`profiler.jobs.run_job`; jobs are handed to the
         executor one at a time, as workers free up, with the zero-shot losses known at that moment).
-        Returns a summary: ``{"jobs", "skipped", "ran", "ok", "failed", "wall_s",
-        "failed_jobs": [{"job_id", "error"}...]}``.
+        Returns a summary: ``{"jobs", "skipped", "ran", "ok", "failed", "did_not_fit", "wall_s",
+        "failed_jobs": [{"job_id", "status", "error"}...]}`` (``failed_jobs``: every record not ok).
         """
         all_jobs = [ProfileJob.from_dict(j) if isinstance(j, dict) else j for j in jobs]
         n_unique = len({j.job_id for j in all_jobs})
@@ -176,7 +176,7 @@ class Campaign:
         self.records_dir.mkdir(parents=True, exist_ok=True)
 
         summary = {"jobs": n_unique, "skipped": n_unique - len(todo), "ran": 0, "ok": 0, "failed": 0,
-                   "wall_s": 0.0, "failed_jobs": []}
+                   "did_not_fit": 0, "wall_s": 0.0, "failed_jobs": []}
         t0 = time.perf_counter()
         bar = _Bar(len(todo), executor.describe(), summary["skipped"]) if progress and todo else None
         try:
@@ -186,9 +186,9 @@ class Campaign:
                 if rec.ok:
                     zero_shot.setdefault(rec.job.pair_key, rec.metrics["zero_shot_loss"])
                 summary["ran"] += 1
-                summary["ok" if rec.ok else "failed"] += 1
+                summary[rec.status] += 1
                 if not rec.ok:
-                    summary["failed_jobs"].append({"job_id": rec.job_id, "error": rec.error})
+                    summary["failed_jobs"].append({"job_id": rec.job_id, "status": rec.status, "error": rec.error})
                 if bar is not None:
                     bar.advance(rec)
         finally:
@@ -203,8 +203,8 @@ class Campaign:
         job = ProfileJob.from_dict(job_dict)
         if isinstance(result, BaseException):  # the worker died or the task was lost: the job failed
             return ProfileRecord(job_id=job.job_id, job=job, status="failed",
-                                 error=f"worker failed: {describe_error(result)}", versions=_light_versions(),
-                                 host=_host(), finished_at=_now())
+                                 error=f"worker failed: {describe_error(result)}", versions=light_versions(),
+                                 host=hostname(), finished_at=utc_now())
         rec = ProfileRecord.from_dict(result)
         if rec.job_id != job.job_id:
             raise RuntimeError(f"executor returned the record of job {rec.job_id} for job {job.job_id}")

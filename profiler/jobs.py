@@ -19,7 +19,9 @@ dataset's held-out split; lower is better). The dataset is always the canonical 
 pair measure fine-tuning noise.
 
 **Never raises for the job's own failure**: a bad model ref, a dataset error or a crash inside training
-is recorded as ``status="failed"`` with the error, so a campaign goes on with the other jobs.
+is recorded as ``status="failed"`` with the error, so a campaign goes on with the other jobs. Running out
+of device memory (``torch.OutOfMemoryError``) is recorded as ``status="did_not_fit"`` with the memory the
+job asked for (:mod:`profiler.schema`).
 
 **LR warm-up.** ``config["warmup_steps"] = W`` (a profiler-level budget key) ramps the learning rate
 linearly over the first W optimizer steps, ``lr·min(1, (k+1)/W)`` at step k (the zoo's pretraining
@@ -43,142 +45,23 @@ import contextlib
 import copy
 import functools
 import hashlib
-import json
 import math
 import os
-import platform
+import re
 import shutil
-import socket
+import sys
 import tempfile
 import time
-import traceback
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
-from data.io import canonical_json
+from profiler.schema import (STATUSES, ProfileJob, ProfileRecord, canonical_json, describe_error, hostname,
+                             light_versions, utc_now)
 
-STATUSES = ("ok", "failed")
 #: Job-config keys the profiler handles itself (not passed to the method config unless it has them).
 PROFILER_KEYS = ("warmup_steps",)
 #: Methods whose zero-shot loss is the pretrained model's own (preparing the model changes neither its
 #: function nor uses randomness), so jobs that differ only in the seed share it (see :func:`run_job`).
 SEED_FREE_ZERO_SHOT = ("full",)
-
-
-@dataclass
-class ProfileJob:
-    """One (model, dataset, method, budget, seed) to profile.
-
-    ``config`` holds method-config overrides (``{"steps": 20, "batch_size": 8, "lr": 3e-4}``) plus the
-    profiler's ``warmup_steps``; ``seed`` is the fine-tuning seed (so ``config`` may not hold one).
-    """
-
-    model: str
-    dataset: str
-    method: str = "full"
-    config: dict = field(default_factory=dict)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("model", "dataset", "method"):
-            v = getattr(self, name)
-            if not isinstance(v, str) or not v.strip():
-                raise ValueError(f"ProfileJob.{name} must be a non-empty string, got {v!r}")
-        if not isinstance(self.config, dict):
-            raise ValueError(f"ProfileJob.config must be a dict of method options, got {type(self.config).__name__}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"ProfileJob.seed must be an integer ≥ 0, got {self.seed!r}")
-        if "seed" in self.config:
-            raise ValueError("ProfileJob.config must not contain 'seed': use ProfileJob.seed")
-        try:
-            canonical_json(self.config)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"ProfileJob.config must be plain JSON (finite numbers, strings, lists, dicts): {e}") from None
-
-    def to_dict(self) -> dict:
-        return {"model": self.model, "dataset": self.dataset, "method": self.method,
-                "config": json.loads(canonical_json(self.config)), "seed": self.seed}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ProfileJob":
-        if not isinstance(d, dict):
-            raise ValueError(f"a ProfileJob must be a JSON object, got {type(d).__name__}")
-        known = {"model", "dataset", "method", "config", "seed"}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"ProfileJob has no field(s) {', '.join(unknown)}; fields: {', '.join(sorted(known))}")
-        missing = sorted({"model", "dataset"} - set(d))
-        if missing:
-            raise ValueError(f"ProfileJob is missing field(s) {', '.join(missing)}")
-        return cls(**d)
-
-    @property
-    def pair_key(self) -> str:
-        """The canonical JSON of the job without its seed: jobs with the same key differ only in the
-        fine-tuning seed (and, for :data:`SEED_FREE_ZERO_SHOT` methods, share the zero-shot loss)."""
-        d = self.to_dict()
-        d.pop("seed")
-        return canonical_json(d)
-
-    @property
-    def job_id(self) -> str:
-        """First 16 hex digits of the SHA-256 of :func:`canonical_json` of :meth:`to_dict`: the same job
-        has the same id on every machine and in every Python version."""
-        return hashlib.sha256(canonical_json(self.to_dict()).encode()).hexdigest()[:16]
-
-
-@dataclass
-class ProfileRecord:
-    """The measured outcome of one :class:`ProfileJob` (see the module docstring for the metrics).
-
-    ``peak_mem_bytes`` is ``finetune.run``'s training peak above the footprint at its start: with the
-    per-process model cache the model is already resident then, so it counts training state and
-    activations but not the weights; on CPU it is peak RSS, which in a reused worker can reuse memory
-    freed by earlier jobs — memory figures for reports come from fresh processes
-    (``benchmarks/finetune_memory.py``), not from profiling campaigns.
-    ``wall_s`` is the whole job (load, fine-tune, evaluate); ``train_s`` the optimizer steps only.
-    """
-
-    job_id: str
-    job: ProfileJob
-    status: str
-    error: str | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    peak_mem_bytes: int = 0
-    wall_s: float = 0.0
-    train_s: float = 0.0
-    versions: dict[str, str] = field(default_factory=dict)
-    host: str = ""
-    finished_at: str = ""
-
-    def __post_init__(self) -> None:
-        if self.status not in STATUSES:
-            raise ValueError(f"ProfileRecord.status must be one of {STATUSES}, got {self.status!r}")
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["job"] = self.job.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ProfileRecord":
-        if not isinstance(d, dict) or "job" not in d or "job_id" not in d:
-            raise ValueError("a ProfileRecord must be a JSON object with at least 'job_id' and 'job'")
-        kw = dict(d)
-        kw["job"] = ProfileJob.from_dict(kw["job"])
-        unknown = sorted(set(kw) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"ProfileRecord has no field(s) {', '.join(unknown)}")
-        rec = cls(**kw)
-        if rec.job.job_id != rec.job_id:
-            raise ValueError(f"ProfileRecord {rec.job_id}: its job hashes to {rec.job.job_id}; the record was edited "
-                             "or written by an incompatible version")
-        return rec
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -245,14 +128,47 @@ def run_job(job: ProfileJob | dict, workdir: str | os.PathLike | None = None, *,
             job_id=job.job_id, job=job, status="ok",
             metrics={k: float(v) for k, v in losses.items()},
             peak_mem_bytes=int(res.peak_mem_bytes), wall_s=round(time.perf_counter() - t0, 3),
-            train_s=round(float(res.train_s), 3), versions=versions, host=_host(), finished_at=_now())
+            train_s=round(float(res.train_s), 3), versions=versions, host=hostname(), finished_at=utc_now())
     except Exception as e:  # noqa: BLE001 — a job's failure is data, not a crash of the campaign
+        if _is_out_of_memory(e):
+            request = oom_request_bytes(str(e))
+            return ProfileRecord(job_id=job.job_id, job=job, status="did_not_fit", error=describe_error(e),
+                                 metrics={"oom_request_bytes": float(request)},
+                                 peak_mem_bytes=_allocated_bytes() + request,
+                                 wall_s=round(time.perf_counter() - t0, 3), versions=light_versions(),
+                                 host=hostname(), finished_at=utc_now())
         return ProfileRecord(job_id=job.job_id, job=job, status="failed", error=describe_error(e),
-                             wall_s=round(time.perf_counter() - t0, 3), versions=_light_versions(), host=_host(),
-                             finished_at=_now())
+                             wall_s=round(time.perf_counter() - t0, 3), versions=light_versions(), host=hostname(),
+                             finished_at=utc_now())
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+_OOM_REQUEST = re.compile(r"Tried to allocate ([0-9.]+) ?([KMGT]i?B|B|bytes)", re.IGNORECASE)
+_UNITS = {"b": 1, "bytes": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
+          "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
+
+
+def oom_request_bytes(message: str) -> int:
+    """The failing allocation's size from an out-of-memory message (CUDA's caching allocator says
+    ``"Tried to allocate 1.50 GiB"``), in bytes; 0 when the message does not say."""
+    m = _OOM_REQUEST.search(message)
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()]) if m else 0
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    torch = sys.modules.get("torch")  # an OOM comes from torch, so it is imported if one happened
+    return torch is not None and isinstance(e, torch.OutOfMemoryError)
+
+
+def _allocated_bytes() -> int:
+    """CUDA bytes allocated on the current device now (0 without CUDA): with the failed call's frames
+    still referenced by the exception being handled, that is about what was in use when it failed."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return 0
+    return int(torch.cuda.memory_allocated())
 
 
 def model_fingerprint(ref: str) -> str | None:
@@ -297,17 +213,6 @@ def _files_sha(files: tuple[tuple[str, int, int], ...]) -> str:
     return h.hexdigest()[:16]
 
 
-def describe_error(e: BaseException) -> str:
-    """``"Type: message (at file:line in function)"``: a traceback's last line and where it was raised."""
-    msg = str(e).strip().splitlines()
-    text = f"{type(e).__name__}: {msg[0] if msg else ''}".rstrip(": ")
-    frames = traceback.extract_tb(e.__traceback__)
-    if frames:
-        f = frames[-1]
-        text += f" (at {Path(f.filename).name}:{f.lineno} in {f.name})"
-    return text
-
-
 @functools.lru_cache(maxsize=1)
 def _quiet_loading() -> None:
     """No per-job "Loading pipeline components / weights" progress bars in a campaign's output."""
@@ -318,24 +223,6 @@ def _quiet_loading() -> None:
     transformers_logging.disable_progress_bar()
 
 
-def _host() -> str:
-    return socket.gethostname() or platform.node()
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _light_versions() -> dict[str, str]:
-    """Versions without importing anything new (a failed job may have failed before torch loaded)."""
-    import sys
-
-    out = {"python": platform.python_version()}
-    for name in ("torch", "diffusers", "transformers"):
-        mod = sys.modules.get(name)
-        if mod is not None:
-            out[name] = getattr(mod, "__version__", "?")
-    return out
 
 
 # ------------------------------------------------------------------------------------- LR warm-up
@@ -457,5 +344,5 @@ def _weights_fingerprint(module) -> str:
     return h.hexdigest()[:16]
 
 
-__all__ = ["ProfileJob", "ProfileRecord", "run_job", "canonical_json", "describe_error", "model_fingerprint",
-           "PROFILER_KEYS", "SEED_FREE_ZERO_SHOT"]
+__all__ = ["STATUSES", "ProfileJob", "ProfileRecord", "run_job", "canonical_json", "describe_error", "model_fingerprint",
+           "oom_request_bytes", "PROFILER_KEYS", "SEED_FREE_ZERO_SHOT"]

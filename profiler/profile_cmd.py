@@ -55,14 +55,32 @@ def build_jobs(models: list[str], datasets: list[str], method: str = "full", ste
     return [ProfileJob(m, d, method, dict(cfg), s) for m in models for d in datasets for s in seeds]
 
 
+def executor_options(executor: str, workers: int | None = None, address: str | None = None,
+                     gpus_per_job: float | None = None) -> dict:
+    """:func:`profiler.executors.get_executor` keyword arguments from the CLI's options (``--address``
+    and ``--gpus-per-job`` are Ray's: a clear error when given to another executor)."""
+    ray_only = [flag for flag, v in (("--address", address), ("--gpus-per-job", gpus_per_job)) if v is not None]
+    if ray_only and executor != "ray":
+        raise ValueError(f"{', '.join(ray_only)} only apply to --executor ray (got --executor {executor})")
+    if gpus_per_job is not None and gpus_per_job < 0:
+        raise ValueError(f"--gpus-per-job must be ≥ 0, got {gpus_per_job}")
+    kw = {"workers": workers} if workers is not None else {}
+    if executor == "ray":
+        kw.update({"address": address, "num_gpus": gpus_per_job})
+    return kw
+
+
 def run_profile(jobs: list[ProfileJob], campaign_dir: str | os.PathLike | None = None, executor: str = "local",
-                workers: int | None = None, progress: bool = True, retry_failed: bool = False) -> tuple[dict, list[dict]]:
-    """Run ``jobs`` as a campaign; returns ``(summary, records of these jobs as dicts)``."""
+                workers: int | None = None, progress: bool = True, retry_failed: bool = False,
+                address: str | None = None, gpus_per_job: float | None = None) -> tuple[dict, list[dict]]:
+    """Run ``jobs`` as a campaign; returns ``(summary, records of these jobs as dicts)``. ``address`` and
+    ``gpus_per_job`` configure the ``ray`` executor (:class:`profiler.executors.RayExecutor`)."""
     from profiler.reference import ensure_built
 
+    opts = executor_options(executor, workers, address, gpus_per_job)  # bad options fail before any build
     ensure_built(list(dict.fromkeys(j.model for j in jobs)))
     camp = Campaign(campaign_dir or default_campaign_dir())
-    ex = get_executor(executor, **({"workers": workers} if workers is not None else {}))
+    ex = get_executor(executor, **opts)
     summary = camp.run(jobs, ex, progress=progress, retry_failed=retry_failed)
     summary["campaign_dir"] = str(camp.dir)
     records = []
@@ -73,4 +91,4 @@ def run_profile(jobs: list[ProfileJob], campaign_dir: str | os.PathLike | None =
     return summary, records
 
 
-__all__ = ["build_jobs", "default_campaign_dir", "parse_list", "parse_seeds", "run_profile"]
+__all__ = ["build_jobs", "default_campaign_dir", "executor_options", "parse_list", "parse_seeds", "run_profile"]

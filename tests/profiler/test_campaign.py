@@ -173,22 +173,6 @@ def test_executor_registry_and_errors():
         LocalExecutor(workers=0)
 
 
-def test_ray_executor(tiny_folder, tmp_path):
-    try:
-        import ray
-    except ImportError:
-        with pytest.raises(ImportError, match=r"pip install mandc\[ray\]"):
-            get_executor("ray")
-        pytest.skip("ray is not installed (checked the install hint instead)")
-    ray.init(num_cpus=1, include_dashboard=False)
-    try:
-        jobs = _jobs(tiny_folder, datasets=("builtin:shapes_circles",), seeds=(0,))
-        summary = Campaign(tmp_path / "c").run(jobs, get_executor("ray"), progress=False)
-        assert summary["ok"] == 1
-    finally:
-        ray.shutdown()
-
-
 def test_profile_command_options():
     from profiler.profile_cmd import build_jobs, parse_list, parse_seeds
     from profiler.reference import budget
