@@ -86,7 +86,27 @@ def load_pipeline(ref: str | os.PathLike, dtype: torch.dtype = torch.float32):
         folder = Path(parsed.value)
     else:
         return _load_from_hub(parsed.value, dtype)
-    return _pipeline_class(folder).from_pretrained(str(folder), dtype=dtype)
+    return _from_pretrained_folder(_pipeline_class(folder), folder, dtype)
+
+
+def _from_pretrained_folder(cls, folder: Path, dtype: torch.dtype):
+    """``cls.from_pretrained(folder)``; a corrupt or truncated weights file or config in it is one
+    :class:`ModelRefError` naming the file and what to do, not diffusers' traceback."""
+    from finetune.weightfiles import corrupt_weight_files
+
+    try:
+        return cls.from_pretrained(str(folder), dtype=dtype)
+    except Exception as e:  # noqa: BLE001  (diffusers/safetensors/json raise many types for one bad file)
+        bad = corrupt_weight_files(folder)
+        if bad:
+            path, why = bad[0]
+            raise ModelRefError(f"{path}: weights file {why}; copy or download the model again (a zoo model: "
+                                f"`mandc zoo build NAME --force`)") from None
+        if not isinstance(e, (OSError, ValueError, KeyError, TypeError)):
+            raise
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelRefError(f"{folder}: cannot be loaded as a diffusers pipeline ({type(e).__name__}: {first}); "
+                            f"check its model_index.json and each component's config.json") from None
 
 
 def _load_from_hub(repo_id: str, dtype: torch.dtype):

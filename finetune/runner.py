@@ -158,11 +158,11 @@ def run(model, dataset, method: str, config: MethodConfig | dict | None = None, 
     dev = torch.device(device) if device is not None else (
         torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
     with PeakMemory(dev) as meter:
-        if isinstance(model, (str, os.PathLike)):
-            model = T2IModel.from_pretrained(model, device=dev)
-        ds = load_dataset(dataset) if not hasattr(dataset, "train") else dataset
+        ds = load_dataset(dataset) if not hasattr(dataset, "train") else dataset  # before the slow model load
         if len(ds.train) == 0:
             raise ValueError(f"dataset {dataset_ref} has no training images")
+        if isinstance(model, (str, os.PathLike)):
+            model = T2IModel.from_pretrained(model, device=dev)
         torch.manual_seed(cfg.seed)
         m = cls(model, cfg)
         m.setup_()
@@ -182,8 +182,8 @@ def run(model, dataset, method: str, config: MethodConfig | dict | None = None, 
         start = 0
         ckpt = out / CHECKPOINT
         if resume and ckpt.exists():
-            state = torch.load(ckpt, map_location="cpu", weights_only=False)
-            if state.get("fingerprint") == fp:
+            state = load_checkpoint(ckpt)
+            if state is not None and state.get("fingerprint") == fp:
                 m.load_state_dict(state["method_state"])
                 m.load_optimizer_state(state["optimizer"])
                 g.set_state(state["rng"])
@@ -215,6 +215,33 @@ def run(model, dataset, method: str, config: MethodConfig | dict | None = None, 
     _atomic_write_text(out / RESULT, json.dumps({**result.to_dict(), "fingerprint": fp}, indent=2))
     ckpt.unlink(missing_ok=True)
     return result
+
+
+_CHECKPOINT_KEYS = ("fingerprint", "step", "method_state", "optimizer", "rng", "losses")
+
+
+def load_checkpoint(path: Path) -> dict | None:
+    """The checkpoint at ``path``, loaded with ``torch.load(weights_only=True)`` (tensors, numbers,
+    strings and containers only: nothing is unpickled into arbitrary objects).
+
+    A file that cannot be read that way (truncated, corrupt, or not written by this code) is set aside
+    as ``checkpoint.pt.corrupt`` with a one-line warning, and None is returned: the run restarts from
+    step 0 rather than blocking every rerun.
+    """
+    import warnings
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or any(k not in state for k in _CHECKPOINT_KEYS):
+            raise ValueError("not a mandc checkpoint")
+        return state
+    except Exception as e:  # noqa: BLE001  (pickle/zip/torch raise many types for one bad file)
+        aside = path.with_name(path.name + ".corrupt")
+        os.replace(path, aside)
+        why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        warnings.warn(f"{path}: unreadable checkpoint ({type(e).__name__}: {why}); set aside as {aside.name}, "
+                      f"training restarts from step 0", UserWarning, stacklevel=2)
+        return None
 
 
 def _save_checkpoint(path: Path, fp: str, step: int, m, g: torch.Generator, losses: list[float]) -> None:

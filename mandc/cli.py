@@ -139,17 +139,13 @@ def zoo_build(
 
 
 # ------------------------------------------------------------------------------------------- finetune
-def _parse_sets(items: list[str]) -> dict:
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            _fail(f"--set takes KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        try:
-            out[k.strip().replace("-", "_")] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k.strip().replace("-", "_")] = v  # a bare string
-    return out
+def _parse_sets(config_cls, items: list[str] | None, flags: dict | None = None) -> dict:
+    """``--set KEY=VALUE`` items and dedicated flags as typed overrides of ``config_cls`` (one error line
+    naming the field, its type and help; a key given twice must agree)."""
+    try:
+        return config_cls.parse_overrides(items, flags)
+    except ValueError as e:
+        _fail(str(e))
 
 
 @app.command("methods")
@@ -197,15 +193,11 @@ def finetune_cmd(
         cls = get_method(method)
     except ValueError as e:
         _fail(str(e))
-    overrides = _parse_sets(set_)
-    if steps is not None:
-        overrides["steps"] = steps
     fields = cls.Config.help()
-    if bits is not None:
-        key = "bits" if "bits" in fields else "quant_bits" if "quant_bits" in fields else None
-        if key is None:
-            _fail(f"--bits does not apply to method {method!r} (it applies to peqa, tuneqdm and zo-ti)")
-        overrides[key] = bits
+    bits_key = "bits" if "bits" in fields else "quant_bits" if "quant_bits" in fields else None
+    if bits is not None and bits_key is None:
+        _fail(f"--bits does not apply to method {method!r} (it applies to peqa, tuneqdm and zo-ti)")
+    overrides = _parse_sets(cls.Config, set_, {"steps": steps, **({bits_key: bits} if bits_key else {})})
     if plan is not None:
         if "plan" not in fields:
             _fail(f"--plan does not apply to method {method!r} (it applies to peqa and tuneqdm)")
@@ -213,12 +205,15 @@ def finetune_cmd(
             _fail(f"plan file {plan} does not exist")
         overrides["plan"] = str(plan)
     total = overrides.get("steps", fields["steps"][0])
+    out_existed = out_dir.exists()
     try:
         with _progress() as prog:
             task = prog.add_task(f"{method} on {data}", total=total)
             res = run(model, data, method, overrides, out_dir, resume=resume, force=force,
                       progress=lambda d, n: prog.update(task, completed=d, total=n))
     except (ValueError, DatasetError, ModelRefError, FileNotFoundError) as e:
+        if not out_existed and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # the failed run created it and wrote nothing; a folder that was there stays
         _fail(str(e))
     if as_json:
         print(json.dumps(res.to_dict(), indent=2))
