@@ -119,7 +119,7 @@ def resize_summary(images: list[Image.Image], size: int) -> dict:
     if not resized:
         line = f"{len(images)} images already {size}×{size}; none resized"
     else:
-        src = ", ".join(f"{k.replace('x', '×')}" for k in sorted(moved, key=lambda k: -moved[k])[:3])
+        src = ", ".join(f"{k.replace('x', '×')}" for k in sorted(moved, key=lambda k: (-moved[k], k))[:3])
         src += ", …" if len(moved) > 3 else ""
         line = f"{resized} of {len(images)} images resized from {src} to {size}×{size}"
         line += f"; {cropped} non-square images centre-cropped" if cropped else ""
@@ -131,3 +131,14 @@ def resize_summary(images: list[Image.Image], size: int) -> dict:
 def conversion_line(converted: dict) -> str:
     """One line naming each pixel conversion and how many images it touched ('' when none)."""
     return "; ".join(f"{n} image{'s' if n > 1 else ''}: {what}" for what, n in sorted(converted.items()))
+
+
+def image_account(ds, size: int) -> dict:
+    """What was done to a :class:`~data.dataset.SplitDataset`'s images to train at ``size``: the
+    :func:`resize_summary` of both splits, the pixel conversions counted when reading
+    (``ds.meta["converted"]``), and one ``line`` saying both, printed once per dataset."""
+    images = list(ds.train.images) + [im for im in ds.heldout.images if not any(im is t for t in ds.train.images)]
+    resize = resize_summary(images, size)
+    converted = dict(ds.meta.get("converted", {}))
+    line = resize["line"] + (f"; converted: {conversion_line(converted)}" if converted else "")
+    return {"line": f"{ds.name}: {line}", "resize": resize, "converted": converted}

@@ -66,6 +66,7 @@ class FinetuneResult:
     artefacts: dict[str, str] = field(default_factory=dict)
     resumed_from: int = 0
     versions: dict[str, str] = field(default_factory=dict)
+    images: dict = field(default_factory=dict)  # data.pixels.image_account: resized/cropped/converted + line
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -126,7 +127,8 @@ def evaluate(model, method, heldout, batch_size: int) -> float:
 
 def run(model, dataset, method: str, config: MethodConfig | dict | None = None, out_dir: str | os.PathLike = "out",
         *, device: str | torch.device | None = None, evaluate_loss: bool = True, resume: bool = True,
-        force: bool = False, progress: Callable[[int, int], None] | None = None) -> FinetuneResult:
+        force: bool = False, progress: Callable[[int, int], None] | None = None,
+        progress_text: Callable[[str], None] | None = None) -> FinetuneResult:
     """Fine-tune ``model`` on ``dataset`` with ``method``; see the module docstring.
 
     Args:
@@ -137,8 +139,11 @@ def run(model, dataset, method: str, config: MethodConfig | dict | None = None, 
         out_dir: where checkpoint, artefacts and ``result.json`` go (created).
         evaluate_loss: measure the held-out loss before and after (off for pure memory/speed runs).
         progress: called as ``progress(done_steps, total_steps)``.
+        progress_text: called once with the line saying what was done to the images (resized, cropped,
+            upscaled, converted), also kept in ``result.images``.
     """
     from data import load_dataset
+    from data.pixels import image_account
     from finetune.model import T2IModel
 
     cls = get_method(method)
@@ -163,6 +168,9 @@ def run(model, dataset, method: str, config: MethodConfig | dict | None = None, 
             raise ValueError(f"dataset {dataset_ref} has no training images")
         if isinstance(model, (str, os.PathLike)):
             model = T2IModel.from_pretrained(model, device=dev)
+        images = image_account(ds, model.resolution)
+        if progress_text is not None:
+            progress_text(images["line"])
         torch.manual_seed(cfg.seed)
         m = cls(model, cfg)
         m.setup_()
@@ -211,7 +219,7 @@ def run(model, dataset, method: str, config: MethodConfig | dict | None = None, 
         peak_mem_bytes=int(train_peak), load_peak_bytes=int(meter.extra.get("peak_before_restart", 0)),
         mem_method=meter.method, device=str(dev), trainable_params=int(n_trainable),
         heldout_loss_before=before, heldout_loss_after=after, losses=losses, artefacts=artefacts,
-        resumed_from=start, versions=_versions())
+        resumed_from=start, versions=_versions(), images=images)
     _atomic_write_text(out / RESULT, json.dumps({**result.to_dict(), "fingerprint": fp}, indent=2))
     ckpt.unlink(missing_ok=True)
     return result

@@ -210,7 +210,7 @@ def finetune_cmd(
         with _progress() as prog:
             task = prog.add_task(f"{method} on {data}", total=total)
             res = run(model, data, method, overrides, out_dir, resume=resume, force=force,
-                      progress=lambda d, n: prog.update(task, completed=d, total=n))
+                      progress=lambda d, n: prog.update(task, completed=d, total=n), progress_text=prog.console.print)
     except (ValueError, DatasetError, ModelRefError, FileNotFoundError) as e:
         if not out_existed and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()  # the failed run created it and wrote nothing; a folder that was there stays

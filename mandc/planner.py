@@ -414,6 +414,11 @@ class Planner:
         if added:
             notes.append(f"{ref} is new to the graph: it entered with similarity edges only (its features were "
                          f"computed from its {len(ds.train)} training images)")
+            if ds.meta.get("source") != "builtin":
+                from data.features import STAT_SIZE
+                from data.pixels import image_account
+
+                notes.append(f"images for the features: {image_account(ds, STAT_SIZE)['line']}")
 
         measured_scores, measured_raw = graph.scores(ref), graph.raw(ref)
         probe_losses: dict[str, float] = {}

@@ -197,7 +197,7 @@ def test_resize_summary_counts_resized_cropped_upscaled():
     s = resize_summary(imgs, 32)
     assert (s["resized"], s["cropped"], s["upscaled"], s["images"]) == (7, 1, 1, 8)
     assert s["from"] == {"64x64": 5, "48x40": 1, "25x25": 1}
-    assert s["line"] == ("7 of 8 images resized from 64×64, 48×40, 25×25 to 32×32; 1 non-square images "
+    assert s["line"] == ("7 of 8 images resized from 64×64, 25×25, 48×40 to 32×32; 1 non-square images "
                          "centre-cropped; 1 upscaled")
     assert resize_summary([Image.new("RGB", (32, 32))], 32)["line"] == "1 images already 32×32; none resized"
     assert ImageTextDataset(imgs, ["c"] * 8).to_tensor(32).shape == (8, 3, 32, 32)
