@@ -20,11 +20,13 @@ RUNENV := TMPDIR=$(BUILD)/tmp XDG_CACHE_HOME=$(BUILD)/cache TORCHINDUCTOR_CACHE_
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev]"
+	# compat: the checkout goes on sys.path via a .pth, so a user's ./data folder (a namespace package)
+	# cannot shadow the `data` package as it does with the default import-hook editable install
+	$(PY) -m pip install -q -e ".[dev]" --config-settings editable_mode=compat
 	mkdir -p $(BUILD)/tmp $(BUILD)/cache $(BUILD)/inductor $(BUILD)/mpl
 	touch $(STAMP)
 
