@@ -206,11 +206,18 @@ def finetune_cmd(
         overrides["plan"] = str(plan)
     total = overrides.get("steps", fields["steps"][0])
     out_existed = out_dir.exists()
+    done = [0]
     try:
         with _progress() as prog:
             task = prog.add_task(f"{method} on {data}", total=total)
             res = run(model, data, method, overrides, out_dir, resume=resume, force=force,
-                      progress=lambda d, n: prog.update(task, completed=d, total=n), progress_text=prog.console.print)
+                      progress=lambda d, n: (done.__setitem__(0, d), prog.update(task, completed=d, total=n)),
+                      progress_text=prog.console.print)
+    except KeyboardInterrupt:
+        every = overrides.get("checkpoint_every", fields["checkpoint_every"][0])
+        saved = done[0] // every * every if every else 0
+        _fail(f"interrupted at step {done[0]}; rerun the same command to resume from step {saved}"
+              + ("" if saved else " (no checkpoint yet)"), code=130)
     except (ValueError, DatasetError, ModelRefError, FileNotFoundError) as e:
         if not out_existed and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()  # the failed run created it and wrote nothing; a folder that was there stays
@@ -378,6 +385,8 @@ def profile_cmd(
                           parse_seeds(seeds))
         summary, records = run_profile(jobs, campaign_dir, executor, workers, progress=not as_json,
                                        retry_failed=retry_failed)
+    except KeyboardInterrupt:
+        _fail("interrupted; finished jobs are recorded, rerun the same command to run only the rest", code=130)
     except (ValueError, ImportError) as e:
         _fail(str(e))
     _store_records(records)

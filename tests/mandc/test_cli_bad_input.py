@@ -74,3 +74,20 @@ def test_steps_zero_refused(tmp_path):
     with pytest.raises(ValueError, match="steps must be ≥ 1"):
         MethodConfig(steps=0).validate()
     assert not (tmp_path / "out").exists()
+
+
+def test_sigint_during_finetune_prints_one_line(tmp_path, monkeypatch):
+    import importlib
+
+    runner_mod = importlib.import_module("finetune.runner")
+
+    def fake_run(*a, progress=None, **k):
+        for d in range(1, 8):
+            progress(d, 10)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner_mod, "run", fake_run)
+    r = finetune(tmp_path, "--steps", 10, "--set", "checkpoint_every=5", method="lora")
+    assert r.exit_code == 130
+    assert "interrupted at step 7; rerun the same command to resume from step 5" in r.output
+    assert "Traceback" not in r.output and "KeyboardInterrupt" not in r.output
