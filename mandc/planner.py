@@ -253,9 +253,10 @@ class Planner:
 
     def _load_json(self, path: Path) -> None:
         try:
-            d = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise StoreError(f"cannot read graph JSON {path}: {e}") from None
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            why = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else str(e)
+            raise StoreError(f"cannot read graph JSON {path}: {why}") from None
         fmt = d.get("format") if isinstance(d, dict) else None
         if fmt == "mandc.MatchingGraph":
             from mandc.graph import MatchingGraph

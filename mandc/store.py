@@ -140,6 +140,9 @@ class Store:
     def __init__(self, path=None, reference=None):
         self.path = default_path() if path is None else path if str(path) == ":memory:" else Path(path).expanduser()
         if self.path != ":memory:":
+            if self.path.is_file() and self.path.stat().st_size == 0:  # SQLite would silently seed it
+                raise StoreError(f"{self.path} is an empty file, not a mandc graph store; delete it to have mandc "
+                                 f"create a store there, or give another path (--graph)")
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._depth = 0
         self._graph_cache: tuple[str, int, object] | None = None

@@ -91,3 +91,15 @@ def test_sigint_during_finetune_prints_one_line(tmp_path, monkeypatch):
     assert r.exit_code == 130
     assert "interrupted at step 7; rerun the same command to resume from step 5" in r.output
     assert "Traceback" not in r.output and "KeyboardInterrupt" not in r.output
+
+
+def test_graph_zero_byte_file_refused_and_random_json_named(tmp_path):
+    empty = tmp_path / "g.sqlite"
+    empty.touch()
+    r = invoke("recommend", "builtin:shapes_circles", "--graph", empty)
+    assert r.exit_code == 2 and f"{empty} is an empty file, not a mandc graph store" in " ".join(r.output.split())
+    assert empty.stat().st_size == 0  # nothing was seeded into it
+    junk = tmp_path / "g.json"
+    junk.write_bytes(bytes(range(128, 256)) * 4)
+    r = invoke("recommend", "builtin:shapes_circles", "--graph", junk)
+    assert r.exit_code == 2 and str(junk) in " ".join(r.output.split()) and "not UTF-8" in r.output
