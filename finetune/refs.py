@@ -102,7 +102,8 @@ def _from_pretrained_folder(cls, folder: Path, dtype: torch.dtype):
             path, why = bad[0]
             raise ModelRefError(f"{path}: weights file {why}; copy or download the model again (a zoo model: "
                                 f"`mandc zoo build NAME --force`)") from None
-        if not isinstance(e, (OSError, ValueError, KeyError, TypeError)):
+        if not isinstance(e, (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError,
+                              NotImplementedError)):
             raise
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ModelRefError(f"{folder}: cannot be loaded as a diffusers pipeline ({type(e).__name__}: {first}); "

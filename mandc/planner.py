@@ -261,10 +261,13 @@ class Planner:
         if fmt == "mandc.MatchingGraph":
             from mandc.graph import MatchingGraph
 
-            self._graph = MatchingGraph.from_json(d)
+            try:
+                self._graph = MatchingGraph.from_json(d)
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+                raise StoreError(f"{path}: malformed graph JSON ({type(e).__name__}: {e})") from None
         elif fmt == "mandc.Store":
             self.store = Store(":memory:", reference=False)
-            self.store.import_json(d)
+            self.store.import_json(path)  # its errors name the file
         else:
             raise StoreError(f"{path} is neither a store export (format 'mandc.Store') nor a graph JSON "
                              f"(format 'mandc.MatchingGraph')")

@@ -472,8 +472,8 @@ class Store:
         else:
             where = str(path_or_obj)
             try:
-                d = json.loads(Path(path_or_obj).read_text())
-            except (OSError, json.JSONDecodeError) as e:
+                d = json.loads(Path(path_or_obj).read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise StoreError(f"cannot read the store export {where}: {e}") from None
         if not isinstance(d, dict) or d.get("format") != STORE_FORMAT:
             raise StoreError(f"{where} is not a mandc store export (expected an object with format {STORE_FORMAT!r})")
@@ -494,4 +494,6 @@ class Store:
                 self._set_meta("reference_hash", ref.get("hash"))
         except (KeyError, TypeError, AttributeError) as e:
             raise StoreError(f"{where}: malformed store export ({type(e).__name__}: {e})") from None
+        except StoreError as e:  # a bad row: say which file it came from
+            raise StoreError(f"{where}: {e}") from None
         self._graph_cache = None
