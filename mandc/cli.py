@@ -203,6 +203,9 @@ def finetune_cmd(
             _fail(f"--plan does not apply to method {method!r} (it applies to peqa and tuneqdm)")
         if not plan.is_file():
             _fail(f"plan file {plan} does not exist")
+        if overrides.get("plan", str(plan)) != str(plan):
+            _fail(f"option plan given twice with different values (--set plan={overrides['plan']}, --plan {plan}); "
+                  f"give it once")
         overrides["plan"] = str(plan)
     total = overrides.get("steps", fields["steps"][0])
     out_existed = out_dir.exists()
@@ -212,7 +215,7 @@ def finetune_cmd(
             task = prog.add_task(f"{method} on {data}", total=total)
             res = run(model, data, method, overrides, out_dir, resume=resume, force=force,
                       progress=lambda d, n: (done.__setitem__(0, d), prog.update(task, completed=d, total=n)),
-                      progress_text=prog.console.print)
+                      progress_text=lambda line: prog.console.print(line, markup=False, highlight=False))
     except KeyboardInterrupt:
         every = overrides.get("checkpoint_every", fields["checkpoint_every"][0])
         saved = done[0] // every * every if every else 0

@@ -65,6 +65,9 @@ def test_cli_set_errors_are_one_line_before_loading(tmp_path):
     assert r.exit_code == 2 and "given twice" in r.output
     r = finetune(tmp_path, "--bits", 4, "--set", "bits=3")
     assert r.exit_code == 2 and "option bits given twice" in r.output
+    (tmp_path / "p.json").write_text("{}")
+    r = finetune(tmp_path, "--plan", tmp_path / "p.json", "--set", "plan=other.json")
+    assert r.exit_code == 2 and "option plan given twice" in r.output
     assert not (tmp_path / "out").exists()
 
 
