@@ -246,7 +246,10 @@ def load_checkpoint(path: Path) -> dict | None:
     except Exception as e:  # noqa: BLE001  (pickle/zip/torch raise many types for one bad file)
         aside = path.with_name(path.name + ".corrupt")
         os.replace(path, aside)
-        why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        import pickle
+
+        why = ("not loadable with weights_only=True: corrupt, or holds objects other than tensors"
+               if isinstance(e, pickle.UnpicklingError) else str(e).splitlines()[0][:120] if str(e) else "")
         warnings.warn(f"{path}: unreadable checkpoint ({type(e).__name__}: {why}); set aside as {aside.name}, "
                       f"training restarts from step 0", UserWarning, stacklevel=2)
         return None

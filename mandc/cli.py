@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -24,6 +25,8 @@ app.add_typer(zoo_app, name="zoo")
 
 console = Console(stderr=True)
 out = Console()
+# the CLI's warnings (a one-image dataset, a checkpoint set aside) are one line, not file:line + source
+warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
 
 
 def _fail(msg: str, code: int = 2) -> None:
