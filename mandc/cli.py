@@ -392,7 +392,14 @@ def profile_cmd(
         summary, records = run_profile(jobs, campaign_dir, executor, workers, progress=not as_json,
                                        retry_failed=retry_failed)
     except KeyboardInterrupt:
-        _fail("interrupted; finished jobs are recorded, rerun the same command to run only the rest", code=130)
+        from profiler.campaign import Campaign
+        from profiler.profile_cmd import default_campaign_dir
+
+        jobs = locals().get("jobs") or []
+        camp = Campaign(campaign_dir or default_campaign_dir())
+        n = sum(camp.read_record(j.job_id) is not None for j in jobs)
+        _fail(f"interrupted with {n} of {len(jobs)} jobs recorded in {camp.dir}; rerun the same command to run "
+              f"only the other {len(jobs) - n}", code=130)
     except (ValueError, ImportError) as e:
         _fail(str(e))
     _store_records(records)

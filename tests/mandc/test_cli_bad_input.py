@@ -106,3 +106,14 @@ def test_graph_zero_byte_file_refused_and_random_json_named(tmp_path):
     junk.write_bytes(bytes(range(128, 256)) * 4)
     r = invoke("recommend", "builtin:shapes_circles", "--graph", junk)
     assert r.exit_code == 2 and str(junk) in " ".join(r.output.split()) and "not UTF-8" in r.output
+
+
+def test_sigint_during_profile_prints_one_line(tmp_path, monkeypatch):
+    import importlib
+
+    cmd = importlib.import_module("profiler.profile_cmd")
+    monkeypatch.setattr(cmd, "run_profile", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    r = invoke("profile", "--models", "zoo:unet-xs-gradients", "--datasets", "builtin:shapes_circles",
+               "--seeds", "0,1", "--campaign-dir", tmp_path)
+    assert r.exit_code == 130, r.output
+    assert "interrupted with 0 of 2 jobs recorded" in " ".join(r.output.split()) and "Traceback" not in r.output
