@@ -24,7 +24,9 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,ray]"
+	# compat: the checkout goes on sys.path via a .pth, so a user's ./data folder (a namespace package)
+	# cannot shadow the `data` package as it does with the default import-hook editable install
+	$(PY) -m pip install -q -e ".[dev,ray]" --config-settings editable_mode=compat
 	mkdir -p $(BUILD)/tmp $(BUILD)/cache $(BUILD)/inductor $(BUILD)/mpl
 	touch $(STAMP)
 

@@ -27,6 +27,8 @@ import json
 import os
 import shutil
 import uuid
+import warnings
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -34,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from data.dataset import DatasetError, ImageTextDataset, SplitDataset, split_heldout
+from data.pixels import ImageModeError, array_to_image, to_rgb
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 METADATA = "metadata.jsonl"
@@ -50,37 +53,11 @@ LAYOUT_HELP = """expected layout (Hugging Face imagefolder):
 # ----------------------------------------------------------------------------- pixels
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB copy of a loaded PIL image; transparency is composited onto white (dropping alpha would
-    expose whatever colour the transparent pixels happen to store)."""
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-    return img.convert("RGB")
-
-
-def _open_image(source) -> Image.Image:
+def _open_image(source, notes=None) -> Image.Image:
     """Decode a path or file-like object fully (first frame of animations) and return it as RGB."""
     with Image.open(source) as im:
         im.load()
-        return to_rgb(im)
-
-
-def _array_to_image(arr: np.ndarray) -> Image.Image:
-    """``[H, W]``, ``[H, W, 1|3|4]`` uint8, or float in [0, 1], as an RGB image."""
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)) or arr.size == 0:
-        raise ValueError(f"array of shape {tuple(arr.shape)} is not an image (want [H, W] or [H, W, 3|4])")
-    if arr.dtype != np.uint8:
-        if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"array of dtype {arr.dtype} is not an image")
-        if np.issubdtype(arr.dtype, np.floating):
-            if not np.isfinite(arr).all():
-                raise ValueError("image array has NaN or infinite values")
-            arr = arr * 255.0 if arr.max() <= 1.0 else arr
-        arr = np.clip(np.round(arr), 0, 255).astype(np.uint8)
-    return to_rgb(Image.fromarray(arr))
+        return to_rgb(im, notes)
 
 
 # ----------------------------------------------------------------------------- reading a folder
@@ -89,9 +66,13 @@ def _array_to_image(arr: np.ndarray) -> Image.Image:
 def read_imagefolder(path) -> SplitDataset:
     """Load a folder in the imagefolder layout (flat, or ``train/`` + ``test/``) as a :class:`SplitDataset`.
 
-    Images are converted to RGB and kept at their own size. Raises one :class:`DatasetError` listing
-    every problem found (corrupt images, images without captions, metadata rows naming missing
-    files, malformed JSON lines, a missing ``metadata.jsonl``, an empty folder).
+    Images are converted to RGB by :func:`data.pixels.to_rgb` (16-bit scaled, transparency on white,
+    EXIF orientation applied; ``meta["converted"]`` counts each conversion) and kept at their own
+    size. Raises one :class:`DatasetError` listing every problem found (corrupt images, images without
+    captions, metadata rows naming missing files, malformed JSON lines, a missing ``metadata.jsonl``,
+    an empty folder, a symbolic link that resolves outside the folder). A ``metadata.jsonl`` may start
+    with a UTF-8 byte-order mark. A one-image flat folder warns (:class:`UserWarning`) that its held-out
+    split reuses the training image.
     """
     root = Path(path).expanduser()
     if not root.exists():
@@ -100,28 +81,34 @@ def read_imagefolder(path) -> SplitDataset:
         raise DatasetError(f"{path}: not a directory; a dataset folder is a directory of images with a "
                            f"metadata.jsonl\n{LAYOUT_HELP}")
     problems: list[str] = []
+    notes: Counter = Counter()
     split_dirs = [d for d in ("train", "test", "validation") if (root / d).is_dir()]
     if "train" in split_dirs:
         layout = "split"
         held_dir = "test" if "test" in split_dirs else "validation" if "validation" in split_dirs else None
         problems += [f"{_rel(p, root)}: image outside train/ and {held_dir or 'test'}/ would be ignored; "
                      f"move it into one of them" for p in _image_files(root, recursive=False)]
-        train = _read_split(root, root / "train", problems)
-        heldout = _read_split(root, root / held_dir, problems) if held_dir else None
+        train = _read_split(root, root / "train", problems, notes)
+        heldout = _read_split(root, root / held_dir, problems, notes) if held_dir else None
     elif split_dirs:
         layout = "split"
         problems.append(f"{split_dirs[0]}/: a {split_dirs[0]}/ folder needs a train/ folder beside it")
         train = heldout = None
     else:
         layout = "flat"
-        train, heldout = _read_split(root, root, problems), None
+        train, heldout = _read_split(root, root, problems, notes), None
     if problems:
         raise DatasetError(f"{root}: {len(problems)} problem{'s' if len(problems) > 1 else ''} in the dataset "
                            f"folder:\n" + "\n".join(f"  - {p}" for p in problems))
     if heldout is None:
+        if len(train) == 1:
+            warnings.warn(f"{root}: only one image, so the held-out split reuses the training image (held-out "
+                          f"loss then measures memorisation); add images or a test/ folder", UserWarning,
+                          stacklevel=2)
         train, heldout = split_heldout(train, HELDOUT_FRACTION, seed=0)
     return SplitDataset(name=root.resolve().name, train=train, heldout=heldout, ref=str(root.resolve()),
-                        family=None, meta={"source": "imagefolder", "path": str(root.resolve()), "layout": layout})
+                        family=None, meta={"source": "imagefolder", "path": str(root.resolve()), "layout": layout,
+                                           "converted": dict(sorted(notes.items()))})
 
 
 def _rel(p: Path, root: Path) -> str:
@@ -141,14 +128,34 @@ def _image_files(folder: Path, recursive: bool = True) -> list[Path]:
     return sorted(out)
 
 
-def _metadata_rows(meta: Path, root: Path, problems: list[str]) -> list[tuple[int, dict]]:
-    """``(line number, row)`` for every well-formed row of a ``metadata.jsonl`` / ``metadata.csv``."""
+def _outside(p: Path, root: Path) -> str | None:
+    """Where ``p`` resolves to when that is outside the dataset folder ``root`` (symlinks followed)."""
+    real = p.resolve()
+    return None if real.is_relative_to(root.resolve()) else str(real)
+
+
+def _metadata_rows(meta: Path, root: Path, problems: list[str]) -> list[tuple[int, dict]] | None:
+    """``(line number, row)`` for every well-formed row of a ``metadata.jsonl`` / ``metadata.csv``;
+    None when the file cannot be read at all (its one problem is then recorded)."""
     where = _rel(meta, root)
+    target = _outside(meta, root)
+    if target:
+        problems.append(f"{where}: symbolic link to {target}, outside the dataset folder; refusing to read it "
+                        f"(copy the file into the folder)")
+        return None
     try:
-        text = meta.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        problems.append(f"{where}: cannot be read as UTF-8 text ({e})")
-        return []
+        raw = meta.read_bytes()
+    except OSError as e:
+        problems.append(f"{where}: cannot be read ({e.strerror or e})")
+        return None
+    try:
+        text = raw.decode("utf-8-sig")  # a leading byte-order mark (Windows editors) is not part of the text
+    except UnicodeDecodeError as e:
+        bom = 3 if raw.startswith(b"\xef\xbb\xbf") else 0
+        line = raw[:e.start + bom].count(b"\n") + 1
+        problems.append(f"{where} line {line}: not UTF-8 text (byte {raw[e.start + bom]:#04x}); save the file "
+                        f"as UTF-8")
+        return None
     rows = []
     if meta.suffix == ".csv":
         reader = csv.DictReader(io.StringIO(text))
@@ -171,7 +178,7 @@ def _metadata_rows(meta: Path, root: Path, problems: list[str]) -> list[tuple[in
     return rows
 
 
-def _read_split(root: Path, folder: Path, problems: list[str]) -> ImageTextDataset | None:
+def _read_split(root: Path, folder: Path, problems: list[str], notes: Counter | None = None) -> ImageTextDataset | None:
     """Read one folder holding a metadata file and images; append problems instead of raising."""
     name = _rel(folder, root)
     label = "folder" if folder == root else f"{name}/"
@@ -190,7 +197,10 @@ def _read_split(root: Path, folder: Path, problems: list[str]) -> ImageTextDatas
     listed: dict[Path, int] = {}  # file (folder / normalised file_name) -> line it was listed on
     items: list[tuple[Path, str]] = []
     where = _rel(meta, root)
-    for lineno, row in _metadata_rows(meta, root, problems):
+    rows = _metadata_rows(meta, root, problems)
+    if rows is None:  # unreadable: its one problem says so; no follow-on "no caption" lines
+        return None
+    for lineno, row in rows:
         fn = row.get("file_name")
         if not isinstance(fn, str) or not fn.strip():
             problems.append(f"{where} line {lineno}: missing 'file_name'")
@@ -201,6 +211,11 @@ def _read_split(root: Path, folder: Path, problems: list[str]) -> ImageTextDatas
             continue
         file = folder / norm
         shown = _rel(file, root)
+        target = _outside(file, root)
+        if target:  # checked before anything opens it
+            problems.append(f"{where} line {lineno}: {shown!r} is a symbolic link to {target}, outside the dataset "
+                            f"folder; copy the file into the folder instead")
+            continue
         if not file.is_file():
             problems.append(f"{where} line {lineno}: {shown!r} does not exist")
             continue
@@ -216,13 +231,17 @@ def _read_split(root: Path, folder: Path, problems: list[str]) -> ImageTextDatas
 
     for p in images:
         if p not in listed:
-            problems.append(f"{_rel(p, root)}: no caption (not listed in {where})")
+            target = _outside(p, root)
+            problems.append(f"{_rel(p, root)}: symbolic link to {target}, outside the dataset folder" if target
+                            else f"{_rel(p, root)}: no caption (not listed in {where})")
 
     pil, captions = [], []
     for p, text in items:
         try:
-            pil.append(_open_image(p))
+            pil.append(_open_image(p, notes))
             captions.append(text)
+        except ImageModeError as e:
+            problems.append(f"{_rel(p, root)}: {e}")
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             kind = "unsupported file type" if p.suffix.lower() not in IMAGE_EXTENSIONS else "corrupt image"
             problems.append(f"{_rel(p, root)}: {kind}, PIL cannot open it ({type(e).__name__}: {e})")
@@ -372,7 +391,7 @@ def _record_image(value) -> Image.Image:
         value.load()
         return to_rgb(value)
     if isinstance(value, np.ndarray):
-        return _array_to_image(value)
+        return array_to_image(value)
     if isinstance(value, (str, os.PathLike)):
         p = Path(value).expanduser()
         if not p.is_file():

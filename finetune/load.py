@@ -37,14 +37,38 @@ def load_model(ref: str | os.PathLike, device: str | torch.device = "cpu",
     """The :class:`T2IModel` that ``ref`` names (folder, ``zoo:NAME``, ``hub:org/name[@rev]``, ``org/name``),
     on ``device`` in ``dtype``. Raises :class:`finetune.refs.ModelRefError` naming what was tried."""
     folder = model_folder(ref)
-    return T2IModel.from_pretrained(folder, device=device, dtype=dtype, pipeline_class=pipeline_class(folder),
-                                    **unused_components(folder))
+    return _readable(folder, lambda: T2IModel.from_pretrained(
+        folder, device=device, dtype=dtype, pipeline_class=pipeline_class(folder), **unused_components(folder)))
 
 
 def load_pipeline(ref: str | os.PathLike, dtype: torch.dtype = torch.float32):
     """The diffusers pipeline ``ref`` names, in ``dtype``, on CPU (weights file-mapped, not materialised)."""
     folder = model_folder(ref)
-    return pipeline_class(folder).from_pretrained(str(folder), dtype=dtype, **unused_components(folder))
+    return _readable(folder, lambda: pipeline_class(folder).from_pretrained(str(folder), dtype=dtype,
+                                                                            **unused_components(folder)))
+
+
+def _readable(folder: Path, load):
+    """``load()``; a corrupt or truncated weights file or config in ``folder`` is one :class:`ModelRefError`
+    naming the file and what to do, not diffusers' traceback."""
+    from finetune.weightfiles import corrupt_weight_files
+
+    try:
+        return load()
+    except ModelRefError:
+        raise
+    except Exception as e:  # noqa: BLE001  (diffusers/safetensors/json raise many types for one bad file)
+        bad = corrupt_weight_files(folder)
+        if bad:
+            path, why = bad[0]
+            raise ModelRefError(f"{path}: weights file {why}; copy or download the model again (a zoo model: "
+                                f"`mandc zoo build NAME --force`)") from None
+        if not isinstance(e, (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError,
+                              NotImplementedError)):
+            raise
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelRefError(f"{folder}: cannot be loaded as a diffusers pipeline ({type(e).__name__}: {first}); "
+                            f"check its model_index.json and each component's config.json") from None
 
 
 def unused_components(folder: str | os.PathLike) -> dict:

@@ -68,6 +68,7 @@ class FinetuneResult:
     artefacts: dict[str, str] = field(default_factory=dict)
     resumed_from: int = 0
     versions: dict[str, str] = field(default_factory=dict)
+    images: dict = field(default_factory=dict)  # data.pixels.image_account: resized/cropped/converted + line
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,7 +123,8 @@ def evaluate(model, method, heldout, batch_size: int) -> float:
 
 def run(model, dataset, method: str, config: MethodConfig | dict | None = None, out_dir: str | os.PathLike = "out",
         *, device: str | torch.device | None = None, evaluate_loss: bool = True, resume: bool = True,
-        force: bool = False, progress: Callable[[int, int], None] | None = None) -> FinetuneResult:
+        force: bool = False, progress: Callable[[int, int], None] | None = None,
+        progress_text: Callable[[str], None] | None = None) -> FinetuneResult:
     """Fine-tune ``model`` on ``dataset`` with ``method``; see the module docstring.
 
     Args:
@@ -133,8 +135,11 @@ def run(model, dataset, method: str, config: MethodConfig | dict | None = None, 
         out_dir: where checkpoint, artefacts and ``result.json`` go (created).
         evaluate_loss: measure the held-out loss before and after (off for pure memory/speed runs).
         progress: called as ``progress(done_steps, total_steps)``.
+        progress_text: called once with the line saying what was done to the images (resized, cropped,
+            upscaled, converted), also kept in ``result.images``.
     """
     from data import load_dataset
+    from data.pixels import image_account
     from finetune.load import load_model
 
     cls = get_method(method)
@@ -153,11 +158,14 @@ def run(model, dataset, method: str, config: MethodConfig | dict | None = None, 
     t_start = time.perf_counter()
     dev = resolve_device(device)
     with PeakMemory(dev) as meter:
-        if isinstance(model, (str, os.PathLike)):
-            model = load_model(model, device=dev)
-        ds = load_dataset(dataset) if not hasattr(dataset, "train") else dataset
+        ds = load_dataset(dataset) if not hasattr(dataset, "train") else dataset  # before the slow model load
         if len(ds.train) == 0:
             raise ValueError(f"dataset {dataset_ref} has no training images")
+        if isinstance(model, (str, os.PathLike)):
+            model = load_model(model, device=dev)
+        images = image_account(ds, model.resolution)
+        if progress_text is not None:
+            progress_text(images["line"])
         torch.manual_seed(cfg.seed)
         m = cls(model, cfg)
         m.setup_()
@@ -177,8 +185,8 @@ def run(model, dataset, method: str, config: MethodConfig | dict | None = None, 
         start = 0
         ckpt = out / CHECKPOINT
         if resume and ckpt.exists():
-            state = torch.load(ckpt, map_location="cpu", weights_only=False)
-            if state.get("fingerprint") == fp:
+            state = load_checkpoint(ckpt)
+            if state is not None and state.get("fingerprint") == fp:
                 m.load_state_dict(state["method_state"])
                 m.load_optimizer_state(state["optimizer"])
                 g.set_state(state["rng"])
@@ -206,10 +214,40 @@ def run(model, dataset, method: str, config: MethodConfig | dict | None = None, 
         peak_mem_bytes=int(train_peak), load_peak_bytes=int(meter.extra.get("peak_before_restart", 0)),
         mem_method=meter.method, device=str(dev), trainable_params=int(n_trainable),
         heldout_loss_before=before, heldout_loss_after=after, losses=losses, artefacts=artefacts,
-        resumed_from=start, versions=_versions())
+        resumed_from=start, versions=_versions(), images=images)
     atomic_write(out / RESULT, json.dumps({**result.to_dict(), "fingerprint": fp}, indent=2))
     ckpt.unlink(missing_ok=True)
     return result
+
+
+_CHECKPOINT_KEYS = ("fingerprint", "step", "method_state", "optimizer", "rng", "losses")
+
+
+def load_checkpoint(path: Path) -> dict | None:
+    """The checkpoint at ``path``, loaded with ``torch.load(weights_only=True)`` (tensors, numbers,
+    strings and containers only: nothing is unpickled into arbitrary objects).
+
+    A file that cannot be read that way (truncated, corrupt, or not written by this code) is set aside
+    as ``checkpoint.pt.corrupt`` with a one-line warning, and None is returned: the run restarts from
+    step 0 rather than blocking every rerun.
+    """
+    import warnings
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or any(k not in state for k in _CHECKPOINT_KEYS):
+            raise ValueError("not a mandc checkpoint")
+        return state
+    except Exception as e:  # noqa: BLE001  (pickle/zip/torch raise many types for one bad file)
+        aside = path.with_name(path.name + ".corrupt")
+        os.replace(path, aside)
+        import pickle
+
+        why = ("not loadable with weights_only=True: corrupt, or holds objects other than tensors"
+               if isinstance(e, pickle.UnpicklingError) else str(e).splitlines()[0][:120] if str(e) else "")
+        warnings.warn(f"{path}: unreadable checkpoint ({type(e).__name__}: {why}); set aside as {aside.name}, "
+                      f"training restarts from step 0", UserWarning, stacklevel=2)
+        return None
 
 
 def _save_checkpoint(path: Path, fp: str, step: int, m, g: torch.Generator, losses: list[float]) -> None:

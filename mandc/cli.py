@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -27,6 +28,8 @@ app.add_typer(hub_app, name="hub")
 
 console = Console(stderr=True)
 out = Console()
+# the CLI's warnings (a one-image dataset, a checkpoint set aside) are one line, not file:line + source
+warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -142,17 +145,13 @@ def zoo_build(
 
 
 # ------------------------------------------------------------------------------------------- finetune
-def _parse_sets(items: list[str]) -> dict:
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            _fail(f"--set takes KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        try:
-            out[k.strip().replace("-", "_")] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k.strip().replace("-", "_")] = v  # a bare string
-    return out
+def _parse_sets(config_cls, items: list[str] | None, flags: dict | None = None) -> dict:
+    """``--set KEY=VALUE`` items and dedicated flags as typed overrides of ``config_cls`` (one error line
+    naming the field, its type and help; a key given twice must agree)."""
+    try:
+        return config_cls.parse_overrides(items, flags)
+    except ValueError as e:
+        _fail(str(e))
 
 
 @app.command("methods")
@@ -200,28 +199,37 @@ def finetune_cmd(
         cls = get_method(method)
     except ValueError as e:
         _fail(str(e))
-    overrides = _parse_sets(set_)
-    if steps is not None:
-        overrides["steps"] = steps
     fields = cls.Config.help()
-    if bits is not None:
-        key = "bits" if "bits" in fields else "quant_bits" if "quant_bits" in fields else None
-        if key is None:
-            _fail(f"--bits does not apply to method {method!r} (it applies to peqa, tuneqdm and zo-ti)")
-        overrides[key] = bits
+    bits_key = "bits" if "bits" in fields else "quant_bits" if "quant_bits" in fields else None
+    if bits is not None and bits_key is None:
+        _fail(f"--bits does not apply to method {method!r} (it applies to peqa, tuneqdm and zo-ti)")
+    overrides = _parse_sets(cls.Config, set_, {"steps": steps, **({bits_key: bits} if bits_key else {})})
     if plan is not None:
         if "plan" not in fields:
             _fail(f"--plan does not apply to method {method!r} (it applies to the quantized methods peqa, tuneqdm, qta-lora and zo-ti)")
         if not plan.is_file():
             _fail(f"plan file {plan} does not exist")
+        if overrides.get("plan", str(plan)) != str(plan):
+            _fail(f"option plan given twice with different values (--set plan={overrides['plan']}, --plan {plan}); "
+                  f"give it once")
         overrides["plan"] = str(plan)
     total = overrides.get("steps", fields["steps"][0])
+    out_existed = out_dir.exists()
+    done = [0]
     try:
         with _progress() as prog:
             task = prog.add_task(f"{method} on {data}", total=total)
             res = run(model, data, method, overrides, out_dir, resume=resume, force=force,
-                      progress=lambda d, n: prog.update(task, completed=d, total=n))
+                      progress=lambda d, n: (done.__setitem__(0, d), prog.update(task, completed=d, total=n)),
+                      progress_text=lambda line: prog.console.print(line, markup=False, highlight=False))
+    except KeyboardInterrupt:
+        every = overrides.get("checkpoint_every", fields["checkpoint_every"][0])
+        saved = done[0] // every * every if every else 0
+        _fail(f"interrupted at step {done[0]}; rerun the same command to resume from step {saved}"
+              + ("" if saved else " (no checkpoint yet)"), code=130)
     except (ValueError, DatasetError, ModelRefError, FileNotFoundError) as e:
+        if not out_existed and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # the failed run created it and wrote nothing; a folder that was there stays
         _fail(str(e))
     if as_json:
         print(json.dumps(res.to_dict(), indent=2))
@@ -439,6 +447,15 @@ def profile_cmd(
                               parse_seeds(seeds))
         summary, records = run_profile(jobs, campaign_dir, executor, workers, progress=not as_json,
                                        retry_failed=retry_failed, address=address, gpus_per_job=gpus_per_job)
+    except KeyboardInterrupt:
+        from profiler.campaign import Campaign
+        from profiler.profile_cmd import default_campaign_dir
+
+        jobs = locals().get("jobs") or []
+        camp = Campaign(campaign_dir or default_campaign_dir())
+        n = sum(camp.read_record(j.job_id) is not None for j in jobs)
+        _fail(f"interrupted with {n} of {len(jobs)} jobs recorded in {camp.dir}; rerun the same command to run "
+              f"only the other {len(jobs) - n}", code=130)
     except (ValueError, ImportError) as e:
         _fail(str(e))
     _store_records(records)

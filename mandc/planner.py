@@ -254,17 +254,21 @@ class Planner:
 
     def _load_json(self, path: Path) -> None:
         try:
-            d = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise StoreError(f"cannot read graph JSON {path}: {e}") from None
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            why = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else str(e)
+            raise StoreError(f"cannot read graph JSON {path}: {why}") from None
         fmt = d.get("format") if isinstance(d, dict) else None
         if fmt == "mandc.MatchingGraph":
             from mandc.graph import MatchingGraph
 
-            self._graph = MatchingGraph.from_json(d)
+            try:
+                self._graph = MatchingGraph.from_json(d)
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+                raise StoreError(f"{path}: malformed graph JSON ({type(e).__name__}: {e})") from None
         elif fmt == "mandc.Store":
             self.store = Store(":memory:", reference=False)
-            self.store.import_json(d)
+            self.store.import_json(path)  # its errors name the file
         else:
             raise StoreError(f"{path} is neither a store export (format 'mandc.Store') nor a graph JSON "
                              f"(format 'mandc.MatchingGraph')")
@@ -415,6 +419,11 @@ class Planner:
         if added:
             notes.append(f"{ref} is new to the graph: it entered with similarity edges only (its features were "
                          f"computed from its {len(ds.train)} training images)")
+            if ds.meta.get("source") != "builtin":
+                from data.features import STAT_SIZE
+                from data.pixels import image_account
+
+                notes.append(f"images for the features: {image_account(ds, STAT_SIZE)['line']}")
 
         measured_scores, measured_raw = graph.scores(ref), graph.raw(ref)
         probe_losses: dict[str, float] = {}

@@ -145,6 +145,9 @@ class Store:
     def __init__(self, path=None, reference=None):
         self.path = default_path() if path is None else path if str(path) == ":memory:" else Path(path).expanduser()
         if self.path != ":memory:":
+            if self.path.is_file() and self.path.stat().st_size == 0:  # SQLite would silently seed it
+                raise StoreError(f"{self.path} is an empty file, not a mandc graph store; delete it to have mandc "
+                                 f"create a store there, or give another path (--graph)")
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._depth = 0
         self._graph_cache: tuple[str, int, object] | None = None
@@ -535,8 +538,8 @@ class Store:
         else:
             where = str(path_or_obj)
             try:
-                d = json.loads(Path(path_or_obj).read_text())
-            except (OSError, json.JSONDecodeError) as e:
+                d = json.loads(Path(path_or_obj).read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise StoreError(f"cannot read the store export {where}: {e}") from None
         if not isinstance(d, dict) or d.get("format") != STORE_FORMAT:
             raise StoreError(f"{where} is not a mandc store export (expected an object with format {STORE_FORMAT!r})")
@@ -557,4 +560,6 @@ class Store:
                 self._set_meta("reference_hash", ref.get("hash"))
         except (KeyError, TypeError, AttributeError) as e:
             raise StoreError(f"{where}: malformed store export ({type(e).__name__}: {e})") from None
+        except StoreError as e:  # a bad row: say which file it came from
+            raise StoreError(f"{where}: {e}") from None
         self._graph_cache = None

@@ -14,6 +14,9 @@ for the others.
 """
 from __future__ import annotations
 
+import json
+import types
+import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import ClassVar
@@ -48,8 +51,8 @@ class MethodConfig:
                                                  "~1 extra forward per step; no effect on zo-ti (no backward)")
 
     def validate(self) -> None:
-        if self.steps < 0:
-            raise ValueError(f"steps must be ≥ 0, got {self.steps}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be ≥ 1 (0 steps would save an untrained result), got {self.steps}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}")
         if not self.lr > 0:
@@ -77,9 +80,77 @@ class MethodConfig:
         return cls(**d)
 
     @classmethod
+    def parse_overrides(cls, items: list[str] | None, flags: dict | None = None) -> dict:
+        """Typed overrides from ``KEY=VALUE`` strings (the CLI's ``--set``) and dedicated flags.
+
+        Each value is parsed to its field's type (``int``, ``float``, ``bool``: true/false/1/0/yes/no,
+        ``str``; ``X | None`` also takes ``none``/``null``); ``-`` in a key reads as ``_``. ``flags``
+        maps field names to values given by their own options (``--steps 5`` → ``{"steps": 5}``; None
+        means not given). Raises ``ValueError`` naming the field, its type and its help for a value
+        that does not parse, for an unknown key, and for a key given twice (by ``--set`` twice, or by
+        ``--set`` and its flag) with different values.
+        """
+        known = {f.name: f for f in fields(cls)}
+        hints = typing.get_type_hints(cls)
+        out: dict[str, object] = {}
+        given: dict[str, str] = {}  # field -> how it was given first, for the conflict message
+        for item in items or []:
+            if "=" not in item:
+                raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
+            key, text = item.split("=", 1)
+            key = key.strip().replace("-", "_")
+            if key not in known:
+                raise ValueError(f"{cls.__name__} has no option {key!r}; options: {', '.join(sorted(known))}")
+            value = _parse_field(key, text.strip(), hints[key], known[key].metadata.get("help", ""))
+            if key in out and out[key] != value:
+                raise ValueError(f"option {key} given twice with different values ({given[key]}, --set {item}); "
+                                 f"give it once")
+            out.setdefault(key, value)
+            given.setdefault(key, f"--set {item}")
+        for key, value in (flags or {}).items():
+            if value is None:
+                continue
+            if key in out and out[key] != value:
+                raise ValueError(f"option {key} given twice with different values ({given[key]}, and {value!r} "
+                                 f"by its own flag); give it once")
+            out[key] = value
+        return out
+
+    @classmethod
     def help(cls) -> dict[str, tuple[object, str]]:
         """``{field: (default, help)}`` for docs and the CLI."""
         return {f.name: (f.default, f.metadata.get("help", "")) for f in fields(cls)}
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _parse_field(key: str, text: str, tp, help: str):
+    """``text`` as a value of type ``tp`` (int, float, bool, str, or one of them ``| None``)."""
+    args = typing.get_args(tp)
+    optional = (typing.get_origin(tp) in (typing.Union, types.UnionType)) and type(None) in args
+    base = next(a for a in args if a is not type(None)) if optional else tp
+    if optional and text.lower() in ("none", "null"):
+        return None
+    name = getattr(base, "__name__", str(base)) + (" or none" if optional else "")
+    try:
+        if base is bool:
+            if text.lower() in _TRUE + _FALSE:
+                return text.lower() in _TRUE
+            raise ValueError(text)
+        if base is int:
+            return int(text)
+        if base is float:
+            value = float(text)
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError(text)
+            return value
+        if base is str:
+            return text
+        return json.loads(text)
+    except (ValueError, json.JSONDecodeError):
+        raise ValueError(f"option {key} takes {'true or false' if base is bool else name}, got {text!r} "
+                         f"({key}: {help})") from None
 
 
 @dataclass

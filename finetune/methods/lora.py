@@ -14,11 +14,12 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from finetune.methods.base import Method, MethodConfig, option
 from finetune.methods.registry import register
 from finetune.qta.apply import DEFAULT_TARGETS
+from finetune.weightfiles import WeightsFileError, load_safetensors
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
@@ -56,11 +57,17 @@ def save_lora(model, state: dict[str, torch.Tensor], lora_config: LoraConfig, ou
 def load_lora_(model, folder: str | Path) -> None:
     """Add the saved adapter to ``model.denoiser`` (full-precision peft layers) and load its weights."""
     folder = Path(folder)
-    cfg = json.loads((folder / "adapter_config.json").read_text())
-    lcfg = LoraConfig(r=cfg["r"], lora_alpha=cfg["lora_alpha"], target_modules=cfg["target_modules"])
+    # read both files before touching the model, so a bad one leaves it unchanged
+    weights = load_safetensors(folder / LORA_FILE, "LoRA adapter", "train or download the adapter again")
+    try:
+        cfg = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+        lcfg = LoraConfig(r=cfg["r"], lora_alpha=cfg["lora_alpha"], target_modules=cfg["target_modules"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise WeightsFileError(f"{folder / 'adapter_config.json'}: unreadable LoRA config ({type(e).__name__}: "
+                               f"{e}); train or download the adapter again") from None
     inject_adapter_in_model(lcfg, model.denoiser)
     p = prefix_of(model) + "."
-    sd = {k[len(p):]: v for k, v in load_file(folder / LORA_FILE).items() if k.startswith(p)}
+    sd = {k[len(p):]: v for k, v in weights.items() if k.startswith(p)}
     result = set_peft_model_state_dict(model.denoiser, sd)
     if getattr(result, "unexpected_keys", None):
         raise ValueError(f"{folder / LORA_FILE}: keys match no adapter layer: {result.unexpected_keys[:5]}")

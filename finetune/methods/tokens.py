@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 EMBEDS_FILE = "learned_embeds.safetensors"
 
@@ -45,7 +45,9 @@ def save_embedding(token: str, vector: torch.Tensor, out_dir: Path) -> Path:
 
 def load_embedding_(model, path: str | Path) -> str:
     """Add the token(s) of a textual-inversion file to ``model`` with their learned vectors; returns the token."""
-    sd = load_file(Path(path))
+    from finetune.weightfiles import load_safetensors
+
+    sd = load_safetensors(Path(path), "textual-inversion embedding", "train or download the embedding again")
     if len(sd) != 1:
         raise ValueError(f"{path}: expected one token, found {list(sd)}")
     (token, vec), = sd.items()

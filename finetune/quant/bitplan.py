@@ -116,9 +116,10 @@ class BitPlan:
         if not path.is_file():
             raise FileNotFoundError(f"bit plan {str(path)!r} does not exist")
         try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise BitPlanError(f"bit plan {str(path)!r} is not valid JSON: {e}") from None
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            why = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else e
+            raise BitPlanError(f"bit plan {str(path)!r} is not valid JSON: {why}") from None
         return cls.from_dict(d, f"bit plan {str(path)!r}")
 
 

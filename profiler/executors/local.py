@@ -24,8 +24,40 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from profiler.executors.base import Executor
 
 
-def _init_worker(threads: int) -> None:
-    """Runs once in each worker before any job: pin torch's thread pools (before torch starts them)."""
+def _exit_with_parent_(parent_pid: int) -> None:
+    """Make this worker exit when the campaign process dies, even by SIGKILL (no cleanup runs there).
+
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` has the kernel kill it with its parent. Everywhere (and
+    in case the parent died before the call): a daemon thread polls ``os.getppid()`` every second and
+    ``os._exit``s once the parent is gone (re-parented to init or a subreaper). The resource tracker
+    then sees its pipe close and exits too.
+    """
+    import signal
+    import sys
+    import threading
+    import time
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="mandc-parent-watch", daemon=True).start()
+
+
+def _init_worker(threads: int, parent_pid: int | None = None) -> None:
+    """Runs once in each worker before any job: exit with the parent, pin torch's thread pools (before
+    torch starts them)."""
+    if parent_pid is not None:
+        _exit_with_parent_(parent_pid)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -62,7 +94,7 @@ class LocalExecutor(Executor):
         items = iter(items)
         ctx = mp.get_context("spawn")
         with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(self.threads,)) as pool:
+                                 initargs=(self.threads, os.getpid())) as pool:
             running = {}
 
             def submit_next() -> bool:
