@@ -95,7 +95,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--measured", type=Path, default=None, help="take measured peaks from this finetune_memory.py JSON")
     ap.add_argument("--estimate-only", action="store_true", help="do not measure")
     ap.add_argument("--mem-limit-gb", type=float, default=22.0, help="data limit of --sd15 workers")
-    ap.add_argument("--json", type=Path, default=None, help="write the rows here")
+    ap.add_argument("--no-eval", action="store_true", help="measured runs skip the held-out loss before and after "
+                                                          "(it is a no-grad forward at the training batch size)")
+    ap.add_argument("--json", type=Path, default=None, help="write the rows here (rewritten after every row)")
     args = ap.parse_args(argv)
 
     from finetune.estimate import estimate_from_description
@@ -110,7 +112,7 @@ def main(argv=None) -> dict:
     if args.methods:
         configs = {k: v for k, v in configs.items() if k in args.methods}
     measured = measured_from(args.measured) if args.measured else {}
-    wargs = argparse.Namespace(n_train=n_train, steps=steps, no_eval=False, mem_limit_gb=args.mem_limit_gb)
+    wargs = argparse.Namespace(n_train=n_train, steps=steps, no_eval=args.no_eval, mem_limit_gb=args.mem_limit_gb)
 
     rows, t0 = [], time.perf_counter()
     for row, (method, cfg) in configs.items():
@@ -130,6 +132,9 @@ def main(argv=None) -> dict:
         print(f"  {row:28s} est {est.expected_bytes / MiB:9.1f} MiB  measured "
               f"{'—' if meas is None else f'{meas / MiB:9.1f}'} MiB  ratio {'—' if ratio is None else f'{ratio:.3f}'}"
               f"  ({est_s:.0f}s to estimate)", file=sys.stderr, flush=True)
+        if args.json:  # a long run keeps what it measured so far
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"size": size, "partial": True, "rows": rows}, indent=2))
     out = {"size": size, "device": "cpu", "steps": steps, "n_images": n_train,
            "measured_with": str(args.measured) if args.measured else "finetune_memory.py workers",
            "rows": rows, "wall_s": round(time.perf_counter() - t0, 1)}

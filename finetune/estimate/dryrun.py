@@ -254,7 +254,7 @@ def dry_steps(model: ShapeModel, method_cls, config, trainable: list, *, batch: 
                         cond = model.text_encoder(input_ids=ids)[0]
                     else:
                         cond = model.cond(batch)
-                    loss = F.mse_loss(_denoise(model, x_t, t, cond).float(), noise.float())
+                    loss = F.mse_loss(_denoise(model, x_t, t, cond.to(dtype)).float(), noise.float())
             if not grad_free:
                 loss.backward()
                 opt.step()

@@ -37,42 +37,44 @@ def build():
     tok = AutoTokenizer.from_pretrained(minilm_path())
     tok.model_max_length = PROMPT_TOKENS
     te = materialize_(BertModel.from_pretrained(minilm_path()))
-    den = UNet2DConditionModel(**unet((64, 128), attention=(False, True), layers=1, head_dim=32, groups=32))
+    den = UNet2DConditionModel(**unet((32, 64), attention=(False, True), layers=1, head_dim=32, groups=32))
     return T2IModel(MandcPixelPipeline(scheduler=DDPMScheduler(**SCHEDULER_CONFIG), text_encoder=te, tokenizer=tok, unet=den))
 """
 
-# Fresh process, glibc's mmap threshold pinned (RSS tracks live tensors), meter entered before the model
-# is built and read after every step: the measurement of benchmarks/finetune_memory.py's worker.
+# One fresh process for all methods, glibc's mmap threshold pinned (RSS tracks live tensors); for each
+# method the meter is entered before its model is built and read after every step: the measurement of
+# benchmarks/finetune_memory.py's worker (which takes a process per method; one here keeps the test short).
 MEASURE = BUILD + """
-import json, sys, tempfile
+import gc, json, sys, tempfile
 from data import SplitDataset, load_dataset
-from finetune.memory import PeakMemory, current_rss_bytes
+from finetune.memory import PeakMemory
 from finetune.runner import run
 
-method, cfg = sys.argv[1], json.loads(sys.argv[2])
 ds = load_dataset("builtin:shapes_circles")
 ds = SplitDataset(name=ds.name, train=ds.train.subset(range(%d)), heldout=ds.heldout.subset(range(2)), ref="t")
-import finetune.quant, peft  # libraries are not the model
-with PeakMemory("cpu") as outer:
-    model = build()
-    readings = []
-    with tempfile.TemporaryDirectory() as d:
-        run(model, ds, method, cfg, d, evaluate_loss=False, force=True, progress=lambda *a: readings.append(outer.sample()))
-print(json.dumps({"peak": readings[-1]}))
+import finetune.quant, finetune.qta, peft  # libraries are not the model
+out, cfgs = {}, json.loads(sys.argv[1])
+# the first run pays the process's one-time growth (thread pools, kernels: the estimate's CPU offset, which
+# the benchmark measures in fresh processes); run it once unmetered so every method here is measured alike
+for method, cfg in [next(iter(cfgs.items()))] + list(cfgs.items()):
+    gc.collect()
+    with PeakMemory("cpu") as outer:
+        model = build()
+        readings = []
+        with tempfile.TemporaryDirectory() as d:
+            run(model, ds, method, cfg, d, evaluate_loss=False, force=True,
+                progress=lambda *a: readings.append(outer.sample()))
+    out[method] = readings[-1]
+    del model
+print(json.dumps(out))
 """ % N_TRAIN
 
 
 def _config(method: str) -> dict:
-    return {"steps": STEPS, "batch_size": BATCH, "checkpoint_every": 0, "lr": 1e-3}
-
-
-def _measure(method: str) -> int:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536",
-               PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    p = subprocess.run([sys.executable, "-c", MEASURE, method, json.dumps(_config(method))], capture_output=True,
-                       text=True, env=env, cwd=ROOT, timeout=600)
-    assert p.returncode == 0, p.stderr[-2000:]
-    return json.loads(p.stdout.strip().splitlines()[-1])["peak"]
+    cfg = {"steps": STEPS, "batch_size": BATCH, "checkpoint_every": 0, "lr": 1e-3}
+    if method in ("peqa", "tuneqdm"):
+        cfg["init"] = "minmax"  # the clipping search changes scale values, not bytes, and takes seconds
+    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -82,13 +84,30 @@ def bench_model():
     return ns["build"]()
 
 
+@pytest.fixture(scope="module")
+def measured() -> dict[str, int]:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536",
+               PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    cfgs = {m: _config(m) for m in sorted(METHODS)}
+    p = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(cfgs)], capture_output=True, text=True, env=env,
+                       cwd=ROOT, timeout=900)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_estimate_matches_the_meter(method, bench_model):
+def test_estimate_matches_the_meter(method, bench_model, measured):
     """Expected within 15% of the measured peak (the README's target at both benchmark sizes), and the
-    high bound at or above it. Measured like the benchmark: fresh process, peak RSS above the footprint
-    before the model was built."""
+    high bound at or above it. Measured like the benchmark (peak RSS above the footprint before the model
+    was built) in a process past its first run, so without the per-process CPU offset, which is left out of
+    the estimate here too (``benchmarks/memory_estimate.py`` checks it in fresh processes)."""
+    from finetune.estimate import DEVICE_OFFSET
+
     est = estimate_memory(describe_model(bench_model), method, _config(method), n_images=N_TRAIN)
-    measured = _measure(method)
+    measured = measured[method]
+    off = DEVICE_OFFSET["cpu"]
+    est = MemoryEstimate(**{**est.to_dict(), "low_bytes": est.low_bytes - off, "expected_bytes": est.expected_bytes - off,
+                            "high_bytes": est.high_bytes - off})
     ratio = est.expected_bytes / measured
     detail = f"{method}: expected {est.expected_bytes / MiB:.1f} MiB, measured {measured / MiB:.1f} MiB, terms " + \
              json.dumps({k: round(v / MiB, 1) for k, v in est.terms.items()})
