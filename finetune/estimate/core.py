@@ -14,11 +14,12 @@ The estimate is the sum of terms, each in bytes (``MemoryEstimate.terms``):
   their prompt embeddings ``[N, L, D]``.
 - ``encode``: encoding the images through the VAE happens before training; it counts only where its
   transient exceeds the step's activations (``max``, not a sum).
-- ``offset``: the device's fixed cost the tracker cannot see. CPU: the growth of a process's RSS once
-  training starts (thread pools, kernels' workspaces, allocator arenas), calibrated against
-  ``finetune.memory.PeakMemory`` by ``benchmarks/memory_estimate.py``. CUDA: a constant for the CUDA
-  context and library workspaces from published context sizes, **not calibrated here** (no GPU).
-- ``slack``: the allocator's slack over live tensor bytes (CPU: calibrated with the same benchmark).
+- ``offset``: the device's fixed cost the tracker cannot see. CPU: the growth of a process's RSS in its
+  first training run (thread pools, kernels' workspaces, allocator arenas): the gap between a process's
+  first run and its later ones under ``finetune.memory.PeakMemory``. CUDA: a constant for the CUDA
+  context and library workspaces from published context sizes, **not calibrated** (no GPU was lent).
+- ``slack``: the allocator's slack over live tensor bytes (CPU: a round 2%, checked against the measured
+  peaks of ``benchmarks/memory_estimate.py``; CUDA: 0, its meter counts tensor bytes).
 
 ``expected`` is the sum; ``low``/``high`` are a band around it (``BAND``) that covers what the
 calibration runs showed, ``high`` being what a planner checks against a budget.
