@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 

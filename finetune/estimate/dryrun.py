@@ -87,7 +87,7 @@ class ShapeModel:
         """Replace the layers :func:`finetune.quant.quantize_` would replace by uninitialised quantized layers
         of the same configuration (``layer_kwargs``: ``separable``, ``n_timestep_sets``, ``symmetric``,
         ``a_bits``, as ``quantize_`` takes them). Same plan resolution, same layer classes, so the same bytes."""
-        from finetune.quant import QuantConv2d, QuantLinear, load_plan, resolve_plan
+        from finetune.quant import load_plan, resolve_plan
 
         a_bits = layer_kwargs.pop("a_bits", None)
         skip = [skip] if isinstance(skip, str) else list(skip or ())
