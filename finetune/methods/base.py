@@ -166,6 +166,20 @@ class TrainData:
         return self.x0.shape[0]
 
 
+def build_optimizer(config: MethodConfig, params: list[torch.Tensor]):
+    """The optimizer ``config.optimizer`` names over ``params`` (see :data:`OPTIMIZERS`)."""
+    from finetune.optim import Fp32MasterAdamW, RemainderAdamW
+
+    c = config
+    if c.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+    if c.optimizer == "fp32-master":
+        return Fp32MasterAdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+    return RemainderAdamW(params, lr=c.lr, weight_decay=c.weight_decay,
+                          step_in_backward=c.optimizer == "remainder-in-backward",
+                          max_grad_norm=c.max_grad_norm or None)
+
+
 class Method:
     """Base class. Subclasses set ``name``, ``Config``, and override the hooks they need."""
 
@@ -175,10 +189,27 @@ class Method:
     trains_text: ClassVar[bool] = False
     #: True when the method quantizes the model (the benchmark then compares against quantized inference).
     quantized: ClassVar[bool] = False
+    #: True when a step is forward passes only, no autograd and no torch optimizer (``zo-ti``).
+    gradient_free: ClassVar[bool] = False
 
     def __init__(self, model, config: MethodConfig):
         self.model, self.config = model, config
         self.optimizer = None
+
+    # -- memory estimate (finetune.estimate) ------------------------------------------------------------
+    @classmethod
+    def estimate_prepare_(cls, model, config: MethodConfig) -> list[torch.Tensor]:
+        """Give ``model``, a shapes-only stand-in (:class:`finetune.estimate.dryrun.ShapeModel`: the
+        denoiser, text encoder and VAE on fake tensors), the structure :meth:`setup_` gives a real model,
+        without data-dependent work, and return what the optimizer updates. Default: ``setup_`` itself."""
+        m = cls(model, config)
+        m.setup_()
+        return m.trainable()
+
+    @classmethod
+    def estimate_forward_passes(cls, config: MethodConfig) -> int:
+        """Forward passes per step of a gradient-free method."""
+        return 1
 
     # -- preparation ----------------------------------------------------------------------------------
     def setup_(self) -> None:
@@ -197,18 +228,10 @@ class Method:
 
     # -- one step ---------------------------------------------------------------------------------------
     def make_optimizer(self):
-        from finetune.optim import Fp32MasterAdamW, RemainderAdamW
-
-        c, params = self.config, self.trainable()
+        params = self.trainable()
         if not params:
             raise ValueError(f"method {self.name!r} has nothing to train")
-        if c.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
-        if c.optimizer == "fp32-master":
-            return Fp32MasterAdamW(params, lr=c.lr, weight_decay=c.weight_decay)
-        return RemainderAdamW(params, lr=c.lr, weight_decay=c.weight_decay,
-                              step_in_backward=c.optimizer == "remainder-in-backward",
-                              max_grad_norm=c.max_grad_norm or None)
+        return build_optimizer(self.config, params)
 
     def sample_timesteps(self, n: int, g: torch.Generator) -> torch.Tensor:
         c = self.config

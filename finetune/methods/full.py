@@ -28,6 +28,13 @@ class Full(Method):
             den.to(torch.bfloat16)
         den.train()
 
+    @classmethod
+    def estimate_prepare_(cls, model, config):
+        model.denoiser.requires_grad_(True)
+        if config.optimizer != "adamw":
+            model.cast_(model.denoiser, torch.bfloat16)
+        return list(model.denoiser.parameters())
+
     def trainable(self) -> list[torch.Tensor]:
         return [p for p in self.model.denoiser.parameters() if p.requires_grad]
 

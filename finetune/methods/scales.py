@@ -86,6 +86,15 @@ class PEQA(Method):
         mark_only_scales_trainable_(den)
         den.train()
 
+    @classmethod
+    def estimate_prepare_(cls, model, c):
+        from finetune.quant import mark_only_scales_trainable_, scale_parameters
+
+        model.quantize_(model.denoiser, bits=c.bits, plan=c.plan, init=c.init, separable=c.separable,
+                        n_timestep_sets=c.n_timestep_sets)
+        mark_only_scales_trainable_(model.denoiser)
+        return scale_parameters(model.denoiser)
+
     def trainable(self) -> list[torch.Tensor]:
         from finetune.quant import scale_parameters
 

@@ -43,6 +43,14 @@ class TextualInversion(Method):
         self.keep = torch.ones(emb.shape[0], dtype=torch.bool)
         self.keep[self.token_id] = False
 
+    @classmethod
+    def estimate_prepare_(cls, model, config):
+        emb = model.text_encoder.get_input_embeddings().weight  # the placeholder's row is one of its rows
+        emb.requires_grad_(True)
+        orig = model.hold(emb.detach().clone())
+        model.on_step(lambda: orig.clone())  # after_step's emb[keep] = orig[keep] copies the table once
+        return [emb]
+
     def embedding(self) -> torch.Tensor:
         return self.model.text_encoder.get_input_embeddings().weight
 

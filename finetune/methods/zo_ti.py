@@ -130,6 +130,7 @@ class ZeroOrderTI(Method):
     Config = ZOTIConfig
     trains_text = True
     quantized = True
+    gradient_free = True
 
     def token(self) -> str:
         return self.config.placeholder
@@ -150,6 +151,18 @@ class ZeroOrderTI(Method):
         self.v = torch.zeros_like(theta, dtype=torch.float32)
         self.t = 0
         self.projector = SubspaceProjector(c.tau, c.nu) if c.subspace else None
+
+    @classmethod
+    def estimate_prepare_(cls, model, c):
+        for module in (model.denoiser, model.text_encoder, model.vae):
+            if module is not None:
+                model.quantize_(module, bits=c.quant_bits, init="minmax", symmetric=True)
+                module.requires_grad_(False)
+        return []
+
+    @classmethod
+    def estimate_forward_passes(cls, config) -> int:
+        return config.n_directions + 1
 
     def embedding_row(self) -> torch.Tensor:
         """θ: a view of the placeholder's row in the (full-precision) input-embedding table."""
