@@ -169,6 +169,24 @@ class ProfileRecord:
         return d
 
     @classmethod
+    def from_result(cls, job: ProfileJob, res, wall_s: float | None = None) -> "ProfileRecord":
+        """The ``"ok"`` record of ``job`` from its ``finetune.FinetuneResult`` (``heldout_loss``: after,
+        ``zero_shot_loss``: before fine-tuning); raises ``FloatingPointError`` when either is not finite.
+        ``wall_s`` defaults to the result's own wall time."""
+        losses = {"heldout_loss": res.heldout_loss_after, "zero_shot_loss": res.heldout_loss_before}
+        bad = [k for k, v in losses.items() if v is None or not math.isfinite(v)]
+        if bad:
+            raise FloatingPointError(f"{', '.join(bad)} is not a finite number ({losses}): training diverged "
+                                     "or the model produces NaNs")
+        versions = dict(res.versions)
+        fp = model_fingerprint(job.model)
+        if fp is not None:
+            versions["model"] = fp
+        return cls(job_id=job.job_id, job=job, status="ok", metrics={k: float(v) for k, v in losses.items()},
+                   peak_mem_bytes=int(res.peak_mem_bytes), wall_s=round(res.wall_s if wall_s is None else wall_s, 3),
+                   train_s=round(float(res.train_s), 3), versions=versions, host=_host(), finished_at=_now())
+
+    @classmethod
     def from_dict(cls, d: dict) -> "ProfileRecord":
         if not isinstance(d, dict) or "job" not in d or "job_id" not in d:
             raise ValueError("a ProfileRecord must be a JSON object with at least 'job_id' and 'job'")
@@ -234,20 +252,7 @@ def run_job(job: ProfileJob | dict, workdir: str | os.PathLike | None = None, *,
             if reuse:  # exactly finetune.run's own evaluation after training (its eval batch = the batch size)
                 res.heldout_loss_before = float(zero_shot_loss)
                 res.heldout_loss_after = evaluate(model, method_cls(model, cfg), dataset.heldout, max(1, cfg.batch_size))
-        losses = {"heldout_loss": res.heldout_loss_after, "zero_shot_loss": res.heldout_loss_before}
-        bad = [k for k, v in losses.items() if v is None or not math.isfinite(v)]
-        if bad:
-            raise FloatingPointError(f"{', '.join(bad)} is not a finite number ({losses}): training diverged "
-                                     "or the model produces NaNs")
-        versions = dict(res.versions)
-        fp = model_fingerprint(job.model)
-        if fp is not None:
-            versions["model"] = fp
-        return ProfileRecord(
-            job_id=job.job_id, job=job, status="ok",
-            metrics={k: float(v) for k, v in losses.items()},
-            peak_mem_bytes=int(res.peak_mem_bytes), wall_s=round(time.perf_counter() - t0, 3),
-            train_s=round(float(res.train_s), 3), versions=versions, host=_host(), finished_at=_now())
+        return ProfileRecord.from_result(job, res, wall_s=time.perf_counter() - t0)
     except Exception as e:  # noqa: BLE001 — a job's failure is data, not a crash of the campaign
         return ProfileRecord(job_id=job.job_id, job=job, status="failed", error=describe_error(e),
                              wall_s=round(time.perf_counter() - t0, 3), versions=_light_versions(), host=_host(),
