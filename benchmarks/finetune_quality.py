@@ -44,7 +44,7 @@ def _mean(xs):
 
 
 def scales_experiment(models, datasets, seeds, steps, lr, bits) -> dict:
-    from finetune.model import T2IModel
+    from finetune.load import load_model
     from finetune.runner import run
 
     rows = {}
@@ -55,7 +55,7 @@ def scales_experiment(models, datasets, seeds, steps, lr, bits) -> dict:
                     cfg = {"steps": steps, "lr": lr, "bits": bits, "batch_size": 4, "seed": seed,
                            "checkpoint_every": 0, **extra}
                     with tempfile.TemporaryDirectory() as d:
-                        res = run(T2IModel.from_pretrained(model), data, method, cfg, d, force=True)
+                        res = run(load_model(model), data, method, cfg, d, force=True)
                     rows.setdefault(name, []).append({"model": model, "data": data, "seed": seed,
                                                       "before": res.heldout_loss_before, "after": res.heldout_loss_after})
                     print(f"  {model} {data} seed {seed} {name:24s} {res.heldout_loss_before:.4f} → "
@@ -71,7 +71,7 @@ def scales_experiment(models, datasets, seeds, steps, lr, bits) -> dict:
 
 
 def zo_experiment(models, subject, seeds, steps, initializer, variants=tuple(ZO_VARIANTS)) -> dict:
-    from finetune.model import T2IModel
+    from finetune.load import load_model
     from finetune.runner import run
 
     rows = {}
@@ -82,7 +82,7 @@ def zo_experiment(models, subject, seeds, steps, initializer, variants=tuple(ZO_
                 cfg = {"steps": steps, "seed": seed, "checkpoint_every": 0, "template": "a photo of {token}",
                        "initializer": initializer, **extra}
                 with tempfile.TemporaryDirectory() as d:
-                    res = run(T2IModel.from_pretrained(model), subject, method, cfg, d, force=True)
+                    res = run(load_model(model), subject, method, cfg, d, force=True)
                 rows.setdefault(name, []).append({"model": model, "seed": seed, "before": res.heldout_loss_before,
                                                   "after": res.heldout_loss_after})
                 print(f"  {model} seed {seed} {name:28s} {res.heldout_loss_before:.4f} → {res.heldout_loss_after:.4f}",

@@ -112,7 +112,7 @@ def load_setup(name: str, args):
 
     from data import load_dataset
     from finetune import zoo
-    from finetune.model import T2IModel
+    from finetune.load import load_model
     from profiler.mpq.capture import calibration_batch, probe_layers
     from profiler.mpq.profile import MPQConfig, validation_images
 
@@ -120,7 +120,7 @@ def load_setup(name: str, args):
     if not zoo.is_built(name):
         log(f"[{name}] building the zoo model (once; cached in {zoo.zoo_home()})")
         zoo.build(name)
-    model = T2IModel.from_pretrained(f"zoo:{name}")
+    model = load_model(f"zoo:{name}")
     ds = load_dataset(args.data)
     cfg = MPQConfig(timesteps=args.timesteps, n_calib=args.n_calib, time_limit=args.time_limit,
                     n_validation=args.n_validation)

@@ -3,8 +3,8 @@
 The main names are re-exported lazily (PEP 562), so ``import finetune`` stays cheap and diffusers is only
 imported when one of them is first used::
 
-    from finetune import T2IModel
-    model = T2IModel.from_pretrained("zoo:unet-xs-gradients")
+    from finetune import load_model
+    model = load_model("zoo:unet-xs-gradients")   # a T2IModel
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import importlib
 _EXPORTS = {
     "T2IModel": "finetune.model",
     "MandcPixelPipeline": "finetune.pipeline",
+    "load_model": "finetune.load",
     "ModelRefError": "finetune.refs",
     "parse_model_ref": "finetune.refs",
     "EncodedData": "finetune.train",

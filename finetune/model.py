@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline
 from PIL import Image
 
-from finetune.pipeline import MandcPixelPipeline
 from finetune.quant.timestep import set_timestep_
 
 COMPONENTS = ("denoiser", "text_encoder", "vae", "all")
@@ -74,16 +73,24 @@ class T2IModel:
 
     # ------------------------------------------------------------------ construction and I/O
     @classmethod
-    def from_pretrained(cls, ref: str | os.PathLike, device: str | torch.device = "cpu",
-                        dtype: torch.dtype = torch.float32) -> "T2IModel":
-        """Load ``ref``: a local diffusers folder, ``zoo:NAME`` (built on first use) or a Hub id ``org/name``.
+    def from_pretrained(cls, folder: str | os.PathLike, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32, pipeline_class=DiffusionPipeline,
+                        **components) -> "T2IModel":
+        """Load the diffusers pipeline in the local ``folder`` with ``pipeline_class`` and wrap it;
+        ``components`` go to ``pipeline_class.from_pretrained`` (e.g. ``safety_checker=None``).
 
-        Raises :class:`finetune.refs.ModelRefError` for a reference that names nothing loadable.
+        Only a folder: :func:`finetune.load.load_model` resolves references (``zoo:``, Hub ids) and picks
+        the pipeline class (the zoo's :class:`~finetune.pipeline.MandcPixelPipeline` is not a diffusers
+        class). Raises :class:`finetune.errors.ModelRefError` for a folder that is not a pipeline.
         """
+        from finetune.errors import ModelRefError
         from finetune.memory import materialize_
-        from finetune.refs import load_pipeline
 
-        pipe = load_pipeline(ref, dtype=dtype)
+        path = Path(folder).expanduser()
+        if not (path / "model_index.json").is_file():
+            raise ModelRefError(f"{path} is not a diffusers pipeline folder (no model_index.json); load "
+                                "references such as zoo:NAME or Hub ids with finetune.load.load_model")
+        pipe = pipeline_class.from_pretrained(str(path), dtype=dtype, **components)
         for comp in pipe.components.values():
             if isinstance(comp, torch.nn.Module):
                 materialize_(comp)  # no file-mapped weights: RSS then tracks live tensors (see materialize_)
@@ -92,14 +99,16 @@ class T2IModel:
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         """Write the whole pipeline in diffusers format (``model_index.json`` + one folder per component).
 
-        Refuses a folder inside the zoo cache: zoo models share hard-linked text-encoder files, so writing
-        into one in place would change them all (see :mod:`finetune.zoo.builder`).
+        Refuses a folder holding hard-linked files: the zoo cache shares its text-encoder files between
+        models through hard links (see :mod:`finetune.zoo.builder`), so writing into one in place would
+        change them all.
         """
-        from finetune.zoo import zoo_home
-
-        target, zoo = Path(path).resolve(), zoo_home().resolve()
-        if target == zoo or zoo in target.parents:
-            raise ValueError(f"refusing to save into the zoo cache ({target}); save to another folder")
+        target = Path(path)
+        shared = next((f for f in target.rglob("*") if f.is_file() and f.stat().st_nlink > 1), None) \
+            if target.is_dir() else None
+        if shared is not None:
+            raise ValueError(f"refusing to save into {target}: {shared} is hard-linked to other files (as in the "
+                             "zoo cache, where models share one text encoder); save to another folder")
         self.pipeline.save_pretrained(str(path))
         return Path(path)
 

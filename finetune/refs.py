@@ -1,54 +1,68 @@
-"""Model references: what a string names, and loading the pipeline it names.
+"""Model references: what a string names (parsing only; :func:`finetune.load.load_model` loads it).
 
-Three forms, tried in this order:
+Four forms, tried in this order:
 
 - a **local folder** in diffusers format (has ``model_index.json``);
 - ``zoo:NAME`` — a reference-zoo model, built into ``$MANDC_HOME/zoo/NAME`` on first use;
-- a **Hub id** ``org/name`` — loaded with ``DiffusionPipeline.from_pretrained``, which works offline only
-  when the model is already in the Hugging Face cache.
+- ``hub:org/name`` or ``hub:org/name@REVISION`` — a Hugging Face Hub model at a branch, tag or commit
+  (what ``mandc hub crawl`` stores as ``hub:org/name@sha``);
+- a bare **Hub id** ``org/name`` — the same as ``hub:org/name``.
 
 An existing local folder wins over a Hub id of the same spelling, as in diffusers.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from finetune.errors import ModelRefError
 
 ZOO_PREFIX = "zoo:"
+HUB_PREFIX = "hub:"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]*$")
 
-
-class ModelRefError(ValueError):
-    """A model reference that names nothing loadable; the message says what was tried."""
+__all__ = ["HUB_PREFIX", "ZOO_PREFIX", "ModelRef", "ModelRefError", "parse_model_ref"]
 
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A parsed reference. ``kind`` ∈ {local, zoo, hub}; ``value`` is the folder, zoo name or Hub id."""
+    """A parsed reference. ``kind`` ∈ {local, zoo, hub}; ``value`` is the folder, zoo name or Hub id;
+    ``revision`` the Hub branch/tag/commit (None: the default branch)."""
 
     kind: str
     value: str
+    revision: str | None = None
 
     def __str__(self) -> str:
-        return ZOO_PREFIX + self.value if self.kind == "zoo" else self.value
+        if self.kind == "zoo":
+            return ZOO_PREFIX + self.value
+        if self.kind == "hub" and self.revision:
+            return f"{HUB_PREFIX}{self.value}@{self.revision}"
+        return self.value
 
 
 def parse_model_ref(ref: str | os.PathLike) -> ModelRef:
-    """Classify ``ref`` without loading or building anything; raise :class:`ModelRefError` if it is none
-    of the three forms (or a folder that is not a diffusers pipeline, or an unknown zoo name)."""
+    """Classify ``ref`` without loading, building or downloading anything; raise :class:`ModelRefError`
+    if it is none of the forms (or a folder that is not a diffusers pipeline, or an unknown zoo name)."""
     if isinstance(ref, os.PathLike):
         ref = os.fspath(ref)
     if not isinstance(ref, str) or not ref.strip():
         raise ModelRefError(f"model reference must be a non-empty string or path, got {ref!r}")
     if ref.startswith(ZOO_PREFIX):
-        from finetune.zoo import get_spec
+        from finetune.zoo.specs import ZOO  # the spec table only: nothing is built
 
-        return ModelRef("zoo", get_spec(ref[len(ZOO_PREFIX):]).name)
+        name = ref[len(ZOO_PREFIX):]
+        if name not in ZOO:
+            raise ModelRefError(f"unknown zoo model {name!r}; the zoo has: {', '.join(ZOO)}")
+        return ModelRef("zoo", name)
+    if ref.startswith(HUB_PREFIX):
+        repo, _, rev = ref[len(HUB_PREFIX):].partition("@")
+        if not _HUB_ID.match(repo) or (_ and not _REVISION.match(rev)):
+            raise ModelRefError(f"bad Hub reference {ref!r}: expected hub:org/name or hub:org/name@REVISION")
+        return ModelRef("hub", repo, rev or None)
     path = Path(ref).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -59,49 +73,4 @@ def parse_model_ref(ref: str | os.PathLike) -> ModelRef:
     if _HUB_ID.match(ref):
         return ModelRef("hub", ref)
     raise ModelRefError(f"cannot resolve model reference {ref!r}: no such folder, not `zoo:NAME` and not a "
-                        "Hub id `org/name`")
-
-
-def _pipeline_class(folder: Path):
-    """The class to load ``folder`` with: ours for zoo pipelines, diffusers' auto-resolution otherwise."""
-    from diffusers import DiffusionPipeline
-
-    from finetune.pipeline import MandcPixelPipeline
-
-    try:
-        name = json.loads((folder / "model_index.json").read_text()).get("_class_name")
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelRefError(f"{folder}/model_index.json is unreadable: {e}") from e
-    return MandcPixelPipeline if name == MandcPixelPipeline.__name__ else DiffusionPipeline
-
-
-def load_pipeline(ref: str | os.PathLike, dtype: torch.dtype = torch.float32):
-    """Load the pipeline ``ref`` names (building a zoo model if needed), in ``dtype``, on CPU."""
-    parsed = parse_model_ref(ref)
-    if parsed.kind == "zoo":
-        from finetune.zoo import build
-
-        folder = build(parsed.value)
-    elif parsed.kind == "local":
-        folder = Path(parsed.value)
-    else:
-        return _load_from_hub(parsed.value, dtype)
-    return _pipeline_class(folder).from_pretrained(str(folder), dtype=dtype)
-
-
-def _load_from_hub(repo_id: str, dtype: torch.dtype):
-    from diffusers import DiffusionPipeline
-
-    try:
-        return DiffusionPipeline.from_pretrained(repo_id, dtype=dtype)
-    except (OSError, ValueError) as e:  # huggingface_hub's offline / not-found errors subclass these
-        from finetune.zoo import ZOO
-
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        why = ("the Hub is offline (HF_HUB_OFFLINE=1)" if offline
-               else "the Hub is unreachable or the repository does not exist")
-        raise ModelRefError(
-            f"could not load {repo_id!r} from the Hugging Face Hub: {why} and it is not in the local cache. "
-            f"Use a local diffusers folder or a reference-zoo model instead, e.g. zoo:{next(iter(ZOO))} "
-            f"(all: {', '.join(ZOO)}). Original error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        ) from e
+                        "Hub id `org/name` / `hub:org/name[@REVISION]`")

@@ -139,7 +139,7 @@ def run(model, dataset, method: str, config: MethodConfig | dict | None = None, 
         progress: called as ``progress(done_steps, total_steps)``.
     """
     from data import load_dataset
-    from finetune.model import T2IModel
+    from finetune.load import load_model
 
     cls = get_method(method)
     cfg = resolve_config(method, config)
@@ -159,7 +159,7 @@ def run(model, dataset, method: str, config: MethodConfig | dict | None = None, 
         torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
     with PeakMemory(dev) as meter:
         if isinstance(model, (str, os.PathLike)):
-            model = T2IModel.from_pretrained(model, device=dev)
+            model = load_model(model, device=dev)
         ds = load_dataset(dataset) if not hasattr(dataset, "train") else dataset
         if len(ds.train) == 0:
             raise ValueError(f"dataset {dataset_ref} has no training images")

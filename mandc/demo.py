@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     from finetune import zoo
     from finetune.images import save_grid
     from finetune.metrics import heldout_loss
-    from finetune.model import T2IModel
+    from finetune.load import load_model
     from finetune.train import EncodedData, TrainConfig, train_denoiser
 
     torch.manual_seed(0)
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
         with _bar() as bar:
             task = bar.add_task(f"pretrain zoo:{name}", total=None)
             zoo.build(name, progress=lambda d, n: bar.update(task, completed=d, total=n))
-    model = T2IModel.from_pretrained(f"zoo:{name}")
+    model = load_model(f"zoo:{name}")
     ds = load_dataset(args.data)
     console.print(f"model zoo:{name} ({model.num_parameters():,} denoiser params), data {args.data} "
                   f"({len(ds.train)} train / {len(ds.heldout)} held-out)")

@@ -537,7 +537,7 @@ def probe_models(models: list[str], ds) -> tuple[dict[str, float], dict[str, str
 
     from finetune import zoo
     from finetune.metrics import heldout_loss
-    from finetune.model import T2IModel
+    from finetune.load import load_model
     from finetune.refs import ModelRefError, parse_model_ref
 
     losses, skipped = {}, {}
@@ -554,7 +554,7 @@ def probe_models(models: list[str], ds) -> tuple[dict[str, float], dict[str, str
             skipped[m] = "a Hub model (the probe never downloads)"
             continue
         with torch.no_grad():
-            model = T2IModel.from_pretrained(m)
+            model = load_model(m)
             losses[m] = float(heldout_loss(model, ds.heldout).mean)
         del model
     return losses, skipped

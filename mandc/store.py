@@ -10,6 +10,11 @@ Tables (every JSON column is canonical JSON text)::
     models    (ref TEXT PRIMARY KEY, name, features JSON {str: float}, info JSON, source)
     datasets  (ref TEXT PRIMARY KEY, name, vector JSON [D floats], family, source)
     records   (job_id TEXT PRIMARY KEY, model, dataset, status, record JSON (a ProfileRecord), source, added_at)
+    lineage   (model, base, relation)                    typed edges model -> base: finetune/adapter/merge/quantized
+    hub_repos (repo_id TEXT PRIMARY KEY, sha, last_modified, status, reason, node, info JSON, crawled_at)
+                                                         the Hub crawl's state per repo (``mandc.hub``)
+
+``lineage`` and ``hub_repos`` are created on open in stores that predate them (additive, same schema).
 
 ``source`` is ``'reference'`` for rows seeded from a reference (the shipped one in ``data/reference``
 by default) and ``'user'`` for everything added later (:meth:`Store.add_records`, ``Planner.feedback``).
@@ -52,6 +57,14 @@ CREATE TABLE records (job_id TEXT PRIMARY KEY, model TEXT NOT NULL, dataset TEXT
 CREATE INDEX records_dataset ON records (dataset);
 """
 _TABLES = ("meta", "models", "datasets", "records")
+# Added later; created on open where missing, so older stores keep working unchanged.
+_HUB_SCHEMA = """
+CREATE TABLE IF NOT EXISTS lineage (model TEXT NOT NULL, base TEXT NOT NULL, relation TEXT NOT NULL,
+                                    PRIMARY KEY (model, base));
+CREATE TABLE IF NOT EXISTS hub_repos (repo_id TEXT PRIMARY KEY, sha TEXT, last_modified TEXT, status TEXT NOT NULL,
+                                      reason TEXT, node TEXT, info TEXT NOT NULL, crawled_at TEXT NOT NULL);
+"""
+LINEAGE_RELATIONS = ("finetune", "adapter", "merge", "quantized")
 _DATASET_COLS = "ref, name, vector, family, source"
 
 
@@ -196,6 +209,7 @@ class Store:
                 self._set_meta("reference_origin", None)
                 self._set_meta("reference_hash", None)
                 self._set_meta("feature_names", None)
+            self._init_hub_tables()
             return
         fmt = None
         if "meta" in tables:
@@ -208,6 +222,15 @@ class Store:
         if schema != SCHEMA_VERSION:
             raise StoreError(f"{self.path} has store schema {schema}, this mandc reads schema {SCHEMA_VERSION}; "
                              f"upgrade mandc, or export it with the mandc that wrote it")
+        self._init_hub_tables()
+
+    def _init_hub_tables(self) -> None:
+        if {"lineage", "hub_repos"} <= {r[0] for r in self._con.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}:
+            return
+        with self.transaction():
+            for stmt in filter(str.strip, _HUB_SCHEMA.split(";")):
+                self._con.execute(stmt)
 
     def _meta(self, key: str):
         row = self._con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -352,6 +375,59 @@ class Store:
             rows.append((str(r["job_id"]), job["model"], job["dataset"], status, text, source, now))
         self._con.executemany(f"{self._verb(replace)} INTO records VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
         return len(rows)
+
+    def remove_model(self, ref: str) -> bool:
+        """Delete a model's line and its lineage edges (its records stay: they are history); True if it existed."""
+        with self.transaction():
+            self._con.execute("DELETE FROM lineage WHERE model = ?", (ref,))
+            return self._con.execute("DELETE FROM models WHERE ref = ?", (ref,)).rowcount > 0
+
+    def set_lineage(self, model: str, edges: Iterable[dict]) -> int:
+        """Replace ``model``'s lineage with ``edges`` ``[{"base": ref, "relation": one of LINEAGE_RELATIONS}]``."""
+        rows = []
+        for e in edges:
+            if e.get("relation") not in LINEAGE_RELATIONS or not isinstance(e.get("base"), str) or not e["base"]:
+                raise StoreError(f"lineage edge of {model}: need a base ref and a relation in {LINEAGE_RELATIONS}, "
+                                 f"got {e}")
+            rows.append((model, e["base"], e["relation"]))
+        with self.transaction():
+            self._con.execute("DELETE FROM lineage WHERE model = ?", (model,))
+            self._con.executemany("INSERT OR REPLACE INTO lineage VALUES (?, ?, ?)", rows)
+        return len(rows)
+
+    def lineage(self, model: str | None = None) -> list[dict]:
+        """Lineage edges ``{"model", "base", "relation"}`` (all, or of one model), sorted."""
+        q, args = "SELECT model, base, relation FROM lineage", ()
+        if model is not None:
+            q, args = q + " WHERE model = ?", (model,)
+        return [{"model": m, "base": b, "relation": r} for m, b, r in self._con.execute(q + " ORDER BY model, base", args)]
+
+    def put_hub_repo(self, row: dict) -> None:
+        """Insert or replace one repo's crawl state ``{"repo_id", "sha", "last_modified", "status" ("ok" or
+        "skipped"), "reason", "node" (the model ref it became, or None), "info"}``."""
+        if row.get("status") not in ("ok", "skipped") or not row.get("repo_id"):
+            raise StoreError(f"hub repo row needs a repo_id and status ok/skipped, got {str(row)[:120]}")
+        with self.transaction():
+            self._con.execute("INSERT OR REPLACE INTO hub_repos VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                              (row["repo_id"], row.get("sha"), row.get("last_modified"), row["status"],
+                               row.get("reason"), row.get("node"), _dumps(row.get("info") or {}), _now()))
+
+    def hub_repo(self, repo_id: str) -> dict | None:
+        """One repo's crawl state (see :meth:`put_hub_repo`, plus ``crawled_at``), or None."""
+        rows = self.hub_repos(repo_id=repo_id)
+        return rows[0] if rows else None
+
+    def hub_repos(self, status: str | None = None, repo_id: str | None = None) -> list[dict]:
+        """Crawl states of every crawled repo (or of one status / one repo), by repo id."""
+        conds, args = [], []
+        for col, val in (("status", status), ("repo_id", repo_id)):
+            if val is not None:
+                conds.append(f"{col} = ?")
+                args.append(val)
+        q = "SELECT repo_id, sha, last_modified, status, reason, node, info, crawled_at FROM hub_repos"
+        q += (" WHERE " + " AND ".join(conds) if conds else "") + " ORDER BY repo_id"
+        return [{"repo_id": r, "sha": s, "last_modified": lm, "status": st, "reason": why, "node": n,
+                 "info": json.loads(i), "crawled_at": at} for r, s, lm, st, why, n, i, at in self._con.execute(q, args)]
 
     # ------------------------------------------------------------------ reading
     def models(self) -> list[dict]:

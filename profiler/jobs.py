@@ -383,7 +383,7 @@ def _linear_warmup(steps: int):
 @functools.lru_cache(maxsize=2)
 def _loaded_pipeline(ref: str):
     """The pipeline ``ref`` names, loaded once per process (two models kept: jobs come grouped by model)."""
-    from finetune.refs import load_pipeline
+    from finetune.load import load_pipeline
 
     return load_pipeline(ref)
 
@@ -395,10 +395,11 @@ def _pristine_model(ref: str, device, text_too: bool = False):
     load it); the frozen text encoder, tokenizer and scheduler are shared. ``text_too``: the method
     changes the text side (adds tokens, trains embeddings), so load everything afresh instead.
     """
+    from finetune.load import load_model
     from finetune.model import T2IModel
 
     if text_too:
-        return T2IModel.from_pretrained(ref, device=device)
+        return load_model(ref, device=device)
     pipe = _loaded_pipeline(ref).to(device)  # in place; a no-op after the first job on this device
     key = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
     components = dict(pipe.components)

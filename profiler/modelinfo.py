@@ -71,7 +71,24 @@ def describe_model(ref: str | os.PathLike) -> dict:
     elif parsed.kind == "local":
         raw = _from_folder(Path(parsed.value))
     else:
-        raw = _from_folder(_hub_cache_folder(parsed.value))
+        raw = _from_folder(_hub_cache_folder(parsed.value, parsed.revision))
+    return _describe(raw, str(parsed))
+
+
+def describe_folder(folder: str | os.PathLike, ref: str, name: str | None = None,
+                    params: int | None = None) -> dict:
+    """:func:`describe_model` of a diffusers ``folder`` recorded under ``ref``; the folder may hold only the
+    configs and card (a Hub snapshot fetched without weights, as the Hub crawl does): ``params`` (from the
+    remote safetensors headers) then replaces the count read from local weight files, ``name`` the name."""
+    raw = _from_folder(Path(folder))
+    if params is not None:
+        raw["params"] = int(params)
+    if name is not None:
+        raw["name"] = name
+    return _describe(raw, ref)
+
+
+def _describe(raw: dict, ref: str) -> dict:
     feats = {
         "is_dit": float(raw["family"] == "dit"),
         "log10_params": math.log10(max(raw["params"], 1)),
@@ -88,7 +105,7 @@ def describe_model(ref: str | os.PathLike) -> dict:
         feats[f"card_emb_{i}"] = float(v)
     info = {"family": raw["family"], "params": int(raw["params"]), "mixture": mixture,
             "description": raw["description"], "denoiser_class": raw["denoiser_class"], "parent": raw.get("parent")}
-    return {"ref": str(parsed), "name": raw["name"], "features": feats, "info": info}
+    return {"ref": ref, "name": raw["name"], "features": feats, "info": info}
 
 
 def card_embedding(text: str):
@@ -247,15 +264,15 @@ def _count_parameters(component: Path) -> int:
     return total
 
 
-def _hub_cache_folder(repo_id: str) -> Path:
+def _hub_cache_folder(repo_id: str, revision: str | None = None) -> Path:
     """The local snapshot of a Hub model that is already in the Hugging Face cache (never downloads)."""
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(repo_id, local_files_only=True))
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
     except Exception as e:  # noqa: BLE001 — offline / not cached / not installed
         raise ModelRefError(f"model features of {repo_id!r} need its files: it is not in the local Hugging Face "
                             f"cache ({type(e).__name__}). Use a local diffusers folder or zoo:NAME.") from None
 
 
-__all__ = ["CARD_DIM", "card_embedding", "describe_model", "feature_names", "lineage_mixture", "model_features"]
+__all__ = ["CARD_DIM", "card_embedding", "describe_folder", "describe_model", "feature_names", "lineage_mixture", "model_features"]

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from finetune.refs import ModelRefError
+from finetune.errors import ModelRefError
 from finetune.zoo.card import read_card, write_card
 from finetune.zoo.specs import PRETRAIN_SEED, PROMPT_TOKENS, SCHEDULER_CONFIG, ZOO, ZooSpec
 
@@ -347,8 +347,8 @@ def _card_body(spec: ZooSpec, meta: dict, prompts: list[str]) -> str:
         *[f"{i + 1}. {p}" for i, p in enumerate(prompts)],
         "",
         "```python",
-        "from finetune.model import T2IModel",
-        f'model = T2IModel.from_pretrained("zoo:{spec.name}")',
+        "from finetune.load import load_model",
+        f'model = load_model("zoo:{spec.name}")',
         "```",
     ]
     return "\n".join(lines)

@@ -341,10 +341,10 @@ def validation_images(train, batch: CalibrationBatch, n: int):
 def load_model_and_data(model, dataset):
     """``(T2IModel, SplitDataset)`` from objects or references (``zoo:NAME`` / folder, ``builtin:NAME`` / folder)."""
     from data import SplitDataset, load_dataset
-    from finetune.model import T2IModel
+    from finetune.load import load_model
 
     if not hasattr(model, "denoiser"):
-        model = T2IModel.from_pretrained(model)
+        model = load_model(model)
     ds = dataset if isinstance(dataset, SplitDataset) else load_dataset(dataset)
     return model, ds
 

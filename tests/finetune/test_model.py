@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from finetune.images import save_grid
+from finetune.load import load_model
 from finetune.model import T2IModel
 from finetune.refs import ModelRefError, parse_model_ref
 
@@ -126,10 +127,10 @@ def test_save_pretrained_round_trip(sd, tmp_path):
 
 def test_bad_model_refs(tmp_path):
     with pytest.raises(ModelRefError, match="no such folder"):
-        T2IModel.from_pretrained(str(tmp_path / "missing" / "model"))
+        load_model(str(tmp_path / "missing" / "model"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelRefError, match="no model_index.json"):
-        T2IModel.from_pretrained(tmp_path / "empty")
+        load_model(tmp_path / "empty")
     (tmp_path / "file.bin").write_bytes(b"x")
     with pytest.raises(ModelRefError, match="is a file"):
         parse_model_ref(tmp_path / "file.bin")
@@ -140,7 +141,7 @@ def test_bad_model_refs(tmp_path):
 
 def test_hub_id_offline_error_suggests_zoo():
     with pytest.raises(ModelRefError) as err:
-        T2IModel.from_pretrained("mandc-test-nobody/no-such-model")
+        load_model("mandc-test-nobody/no-such-model")
     msg = str(err.value)
     assert "Hugging Face Hub" in msg and "zoo:" in msg and "mandc-test-nobody/no-such-model" in msg
 

@@ -11,7 +11,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from finetune import zoo
-from finetune.model import T2IModel
+from finetune.load import load_model
 from finetune.pipeline import MandcPixelPipeline
 from finetune.refs import ModelRefError
 from finetune.zoo import builder
@@ -75,7 +75,7 @@ def test_build_both_kinds_and_load_via_zoo_ref(tiny_zoo):
     assert index["text_encoder"] == ["transformers", "BertModel"]
 
     for name, cls in [("test-unet", "UNet2DConditionModel"), ("test-dit", "PixArtTransformer2DModel")]:
-        model = T2IModel.from_pretrained(f"zoo:{name}")
+        model = load_model(f"zoo:{name}")
         assert isinstance(model.pipeline, MandcPixelPipeline) and type(model.denoiser).__name__ == cls
         assert model.vae is None and model.resolution == 32 and model.max_prompt_tokens == 24
         assert model.encode_prompt(["a red circle"]).shape == (1, 24, 384)
@@ -105,7 +105,7 @@ def test_build_both_kinds_and_load_via_zoo_ref(tiny_zoo):
     assert os.path.samefile(te[0], te[1])
     assert not list(zoo.zoo_path("test-unet").glob("text_encoder/*.link"))
     with pytest.raises(ValueError, match="zoo cache"):
-        T2IModel.from_pretrained("zoo:test-unet").save_pretrained(zoo.zoo_path("test-unet"))
+        load_model("zoo:test-unet").save_pretrained(zoo.zoo_path("test-unet"))
 
 
 def test_build_is_deterministic_and_cached(tiny_zoo):
@@ -166,7 +166,7 @@ def test_failed_build_leaves_nothing(tiny_zoo, monkeypatch):
 
 def test_unknown_zoo_name_lists_the_zoo(tiny_zoo):
     with pytest.raises(ModelRefError, match="unknown zoo model 'nope'.*unet-xs-gradients"):
-        T2IModel.from_pretrained("zoo:nope")
+        load_model("zoo:nope")
     with pytest.raises(ModelRefError, match="unknown zoo model"):
         zoo.build("nope")
     with pytest.raises(ValueError, match="mixture"):
