@@ -446,6 +446,8 @@ def plan_cmd(
     candidates: Optional[str] = typer.Option(None, "--candidates", help="Comma-separated model refs of the graph to "
                                              "choose from (default: every model of the graph)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Fine-tuning steps (default: the method's recipe)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="A method option as KEY=VALUE for every method that "
+                                             "has it, e.g. lr=1e-4 (repeatable; see `mandc methods`)."),
     graph: Optional[Path] = typer.Option(None, "--graph", help="Matching-graph store (default: $MANDC_HOME/graph.sqlite)."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
 ) -> None:
@@ -461,7 +463,7 @@ def plan_cmd(
         _fail(f"--out {out_dir} exists and is not a folder")
     try:
         plan = Planner(graph).plan(dataset, memory=memory, device=device, goal=goal, candidates=candidates,
-                                   steps=steps, token=token, log=_stage)
+                                   steps=steps, token=token, overrides=_parse_sets(set_), log=_stage)
     except (PlanError, StoreError, ValueError, KeyError, FileNotFoundError) as e:  # DatasetError, ModelRefError
         _fail(str(e))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -233,8 +233,10 @@ class Plan:
 
 # ------------------------------------------------------------------------------------------ making one
 def make_plan(planner, dataset, memory="8GiB", device: str = "cuda", goal: str = "domain", candidates=None,
-              steps: int | None = None, token: str | None = None, log: Callable[[str], None] | None = None) -> Plan:
-    """See the module docstring. ``token``: the subject's placeholder word (goal ``subject``)."""
+              steps: int | None = None, token: str | None = None, overrides: dict | None = None,
+              log: Callable[[str], None] | None = None) -> Plan:
+    """See the module docstring. ``token``: the subject's placeholder word (goal ``subject``); ``overrides``:
+    method options for every method that has them (e.g. ``{"lr": 1e-4}``), validated by each method's config."""
     t0 = time.perf_counter()
     say = log or (lambda s: None)
     budget = parse_memory(memory)
@@ -244,6 +246,11 @@ def make_plan(planner, dataset, memory="8GiB", device: str = "cuda", goal: str =
         raise PlanError(f"device must be 'cuda' or 'cpu', got {device!r}")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise PlanError(f"steps must be a positive integer, got {steps!r}")
+    from finetune.methods import METHODS
+
+    unknown = sorted(k for k in overrides or {} if not any(k in _options(m) for m in METHODS))
+    if unknown:
+        raise PlanError(f"no method has the option(s) {', '.join(unknown)} (see `mandc methods`)")
 
     from data import load_dataset
     from data.fingerprint import dataset_fingerprint
@@ -270,7 +277,7 @@ def make_plan(planner, dataset, memory="8GiB", device: str = "cuda", goal: str =
     ensure_built([model])  # a zoo model is built on first use (minutes), so that its configs can be read
     say(f"plan: {model} ranks first; estimating the memory of every method on it")
 
-    memory, configs = estimate_methods(model, goal, steps, token, budget, device)
+    memory, configs = estimate_methods(model, goal, steps, token, budget, device, overrides)
     chosen, reasons, fallback = choose_method(memory, budget, goal)
     cfg = configs[chosen]
     bitplan = None
@@ -321,7 +328,8 @@ def _bits_key(method: str) -> str | None:
     return "bits" if "bits" in opts else "quant_bits" if "quant_bits" in opts else None
 
 
-def estimate_methods(model: str, goal: str, steps, token, budget: int, device: str) -> tuple[dict, dict]:
+def estimate_methods(model: str, goal: str, steps, token, budget: int, device: str,
+                     overrides: dict | None = None) -> tuple[dict, dict]:
     """``(memory, configs)``: every registered method's estimate on ``model`` (``memory[m]``: low/expected/
     high bytes, ``fits``, ``bits``, ``terms``) and the config overrides it would run with. A method with a
     bits option takes the most bits of :data:`BIT_CHOICES` whose high estimate fits (the fewest if none)."""
@@ -332,6 +340,7 @@ def estimate_methods(model: str, goal: str, steps, token, budget: int, device: s
     for m in METHODS:
         g = goal if m in GOALS[goal] else next(k for k, v in GOALS.items() if m in v)
         base = method_config(m, g, steps, token)
+        base.update({k: v for k, v in (overrides or {}).items() if k in _options(m)})
         key = _bits_key(m)
         choices = [None] if key is None or key == "quant_bits" else list(BIT_CHOICES)
         best = None
