@@ -2,6 +2,7 @@
 
     python benchmarks/selection.py [--seeds 5] [--graph PATH] [--workers N] [--json FILE] [--selectors a,b]
                                    [--knn-init X] [--n-estimators N] [--probe-init W]
+    python benchmarks/selection.py --lomo [--seeds 1] [--selectors mandc,base_model,...]   (leave-one-model-out)
 
 For every profiled dataset of the graph (default: the shipped reference, ``data.reference``) and every
 seed, all of that dataset's performance edges are removed, each selector is rebuilt from the rest (graph
@@ -46,9 +47,13 @@ def main(argv=None) -> int:
                     help="fixed boosting rounds for every LightGBM selector (default: chosen per fit by grouped CV)")
     ap.add_argument("--probe-init", type=float, default=None,
                     help="fixed zero-shot probe weight for mandc_probe (default: chosen per fit by grouped CV)")
+    ap.add_argument("--lomo", action="store_true",
+                    help="leave-one-model-out instead (mandc.lomo): each model enters with features and lineage only")
     args = ap.parse_args(argv)
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.lomo:
+        return _lomo(args)
     from mandc.evaluate import SELECTOR_NAMES, evaluate, load_graph, mandc_config
 
     selectors = tuple(s.strip() for s in args.selectors.split(",")) if args.selectors else SELECTOR_NAMES
@@ -70,6 +75,28 @@ def main(argv=None) -> int:
         tmp.write_text(json.dumps(out, indent=2) + "\n")
         os.replace(tmp, p)
         print(f"wrote {p}", file=sys.stderr)
+    return 0
+
+
+def _lomo(args) -> int:
+    """``--lomo``: the leave-one-model-out table and JSON (methods of :mod:`mandc.lomo`)."""
+    from mandc.evaluate import load_graph
+    from mandc.lomo import LOMO_METHODS, evaluate_lomo, to_markdown
+
+    graph = load_graph(args.graph)
+    methods = tuple(s.strip() for s in args.selectors.split(",")) if args.selectors else LOMO_METHODS
+    print(f"{graph}; leave-one-model-out, {args.seeds} seeds", file=sys.stderr)
+    res = evaluate_lomo(graph, seeds=args.seeds, methods=methods,
+                        progress=lambda done, total: print(f"model {done}/{total} done", file=sys.stderr))
+    print(to_markdown(res))
+    print()
+    print(json.dumps(res, indent=2))
+    if args.json_path:
+        p = Path(args.json_path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(json.dumps(res, indent=2) + "\n")
+        os.replace(tmp, p)
     return 0
 
 

@@ -90,6 +90,15 @@ class T2IModel:
         if not (path / "model_index.json").is_file():
             raise ModelRefError(f"{path} is not a diffusers pipeline folder (no model_index.json); load "
                                 "references such as zoo:NAME or Hub ids with finetune.load.load_model")
+        if pipeline_class is DiffusionPipeline:
+            import json
+
+            import diffusers
+
+            name = json.loads((path / "model_index.json").read_text(encoding="utf-8")).get("_class_name")
+            if not isinstance(name, str) or not hasattr(diffusers, name):
+                raise ModelRefError(f"{path}/model_index.json names {name!r}, not a diffusers pipeline class: pass "
+                                    "its pipeline_class, or load it with finetune.load.load_model")
         pipe = pipeline_class.from_pretrained(str(path), dtype=dtype, **components)
         for comp in pipe.components.values():
             if isinstance(comp, torch.nn.Module):

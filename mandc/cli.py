@@ -21,6 +21,9 @@ data_app = typer.Typer(help="Datasets: the built-in offline catalog and imagefol
 zoo_app = typer.Typer(help="The reference model zoo: small T2I models pretrained here, offline.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(zoo_app, name="zoo")
+from mandc.hub.cli import hub_app  # noqa: E402 — the sub-app lives with the crawler
+
+app.add_typer(hub_app, name="hub")
 
 console = Console(stderr=True)
 out = Console()

@@ -189,6 +189,22 @@ class MatchingGraph:
             G.remove_edges_from([(node, n) for n in list(G.neighbors(node)) if G.edges[node, n]["kind"] == "perf"])
         return MatchingGraph(G)
 
+    def without_model(self, model_ref: str) -> "MatchingGraph":
+        """A deep copy with every perf edge of ``model_ref`` removed (its node and features stay) and the
+        datasets it was measured on re-normalised over the other models: what leave-one-model-out gives
+        the selector, a model that enters with features and lineage only."""
+        node = _mref(model_ref)
+        if not self.G.has_node(node):
+            raise KeyError(f"model {model_ref!r} is not in the graph")
+        G = copy.deepcopy(self.G)
+        datasets = [n for n in G.neighbors(node) if G.edges[node, n]["kind"] == "perf"]
+        G.remove_edges_from([(node, d) for d in datasets])
+        h = MatchingGraph(G)
+        for d in datasets:
+            if any(G.edges[d, n]["kind"] == "perf" for n in G.neighbors(d)):
+                h._normalise(d[2:])
+        return h
+
     def copy(self) -> "MatchingGraph":
         return MatchingGraph(copy.deepcopy(self.G))
 

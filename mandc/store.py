@@ -445,10 +445,13 @@ class Store:
             rows[0]["feature_names"] = names
         return rows
 
-    def records(self, source: str | None = None, dataset: str | None = None) -> list[dict]:
-        """ProfileRecords (all, or of one source / one dataset), in insertion order."""
+    def records(self, source: str | None = None, dataset: str | None = None, model: str | None = None) -> list[dict]:
+        """ProfileRecords (all, or of one source / one dataset / one model), in insertion order."""
         q, args = "SELECT record FROM records", []
         conds = []
+        if model is not None:
+            conds.append("model = ?")
+            args.append(model)
         if source is not None:
             conds.append("source = ?")
             args.append(source)

@@ -181,7 +181,7 @@ def _read_json(path: Path) -> dict:
 
 def _from_folder(folder: Path) -> dict:
     index = _read_json(folder / "model_index.json")
-    key = "unet" if "unet" in index else "transformer" if "transformer" in index else None
+    key = next((k for k in ("unet", "transformer") if (index.get(k) or [None])[0]), None)  # [null, null]: absent
     if key is None:
         raise ModelRefError(f"{folder}/model_index.json names neither a 'unet' nor a 'transformer' component")
     cfg = _read_json(folder / key / "config.json")

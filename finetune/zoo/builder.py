@@ -296,6 +296,8 @@ def _card_meta(spec: ZooSpec, model, config, result, datasets: list[str], n_imag
                        "text_encoder": model.num_parameters("text_encoder")},
         "mixture": mixture,
         "parent": spec.parent,
+        # lineage as a Hub card states it (what ``mandc.hub`` reads): continued pretraining = a fine-tune
+        **({"base_model": f"zoo:{spec.parent}", "base_model_relation": "finetune"} if spec.parent else {}),
         "lineage": lineage,  # pretraining stages, root first: the weights saw all of them in order
         "total_steps": sum(stage["steps"] for stage in lineage),
         "datasets": datasets,

@@ -131,6 +131,7 @@ def test_descendant_starts_from_its_parent(tiny_zoo):
     assert any(not torch.equal(parent[k], v) for k, v in _weights("test-unet-digits").items())
     card = zoo.load_card("test-unet-digits")
     assert card["parent"] == "test-unet" and card["total_steps"] == 3 + 2
+    assert (card["base_model"], card["base_model_relation"]) == ("zoo:test-unet", "finetune")
     assert [(s["model"], s["steps"]) for s in card["lineage"]] == [("test-unet", 3), ("test-unet-digits", 2)]
     assert card["lineage"][0]["mixture"] == zoo.load_card("test-unet")["mixture"]
     assert "Initialised from** `zoo:test-unet`" in (zoo.zoo_path("test-unet-digits") / "README.md").read_text()
