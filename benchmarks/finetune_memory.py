@@ -191,16 +191,18 @@ def worker_inference(args) -> dict:
     from finetune.memory import PeakMemory
     from finetune.quant import quantize_
     from finetune.methods.base import Method, MethodConfig
+    from finetune.methods.zo_ti import ZOTIConfig
     from finetune.runner import encode_train_data
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     import_model_libraries()
     with PeakMemory(dev) as meter:
         model = build_model(args.model)
-        for module in (model.denoiser, model.text_encoder, model.vae):
+        for part, cfg in ZOTIConfig().quant_configs().items():  # zo-ti's own quantization
+            module = getattr(model, part)
             if module is not None:
                 module.requires_grad_(False)
-                quantize_(module, bits=8, init="minmax", symmetric=True)
+                quantize_(module, cfg)
         model.pipeline.to(dev)
         meter.restart_peak()
         ds = bench_data(args.model, args.n_train)

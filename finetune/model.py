@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline
 from PIL import Image
 
-from finetune.quant.timestep import set_timestep_
 
 COMPONENTS = ("denoiser", "text_encoder", "vae", "all")
 
@@ -212,8 +211,6 @@ class T2IModel:
         and prompt embeddings ``cond`` ``[B, L, D]``, hiding the UNet/PixArt call-signature differences."""
         t = torch.as_tensor(t, device=x_t.device)
         t = t.expand(x_t.shape[0]) if t.ndim == 0 else t
-        # TuneQDM's timestep-specific scale sets follow t, in training and sampling alike (no-op otherwise)
-        set_timestep_(self.denoiser, t if t.unique().numel() > 1 else t[0], self.num_train_timesteps)
         if self.is_transformer:
             out = self.denoiser(x_t, encoder_hidden_states=cond, timestep=t,
                                 added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample

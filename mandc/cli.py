@@ -183,7 +183,7 @@ def finetune_cmd(
     method: str = typer.Option(..., "--method", help="Fine-tuning method (see `mandc methods`)."),
     out_dir: Path = typer.Option(..., "--out", help="Output folder: artefacts, result.json, checkpoints."),
     bits: Optional[int] = typer.Option(None, help="Weight bits 2–8 (peqa, tuneqdm; zo-ti's quantization)."),
-    plan: Optional[Path] = typer.Option(None, help="Per-layer bit plan JSON (peqa, tuneqdm), e.g. from `mandc quantize`."),
+    plan: Optional[Path] = typer.Option(None, help="Bit plan JSON from `mandc quantize` (peqa, tuneqdm, qta-lora, zo-ti): train the model it scored."),
     steps: Optional[int] = typer.Option(None, help="Optimisation steps (default: the method's recipe)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Any method option as KEY=VALUE (repeatable)."),
     resume: bool = typer.Option(True, help="Continue from out/checkpoint.pt when the inputs match."),
@@ -215,7 +215,7 @@ def finetune_cmd(
         overrides[key] = bits
     if plan is not None:
         if "plan" not in fields:
-            _fail(f"--plan does not apply to method {method!r} (it applies to peqa and tuneqdm)")
+            _fail(f"--plan does not apply to method {method!r} (it applies to the quantized methods peqa, tuneqdm, qta-lora and zo-ti)")
         if not plan.is_file():
             _fail(f"plan file {plan} does not exist")
         overrides["plan"] = str(plan)

@@ -9,6 +9,11 @@ feed-forward projections, where most of a transformer's GEMM time is (the memory
 does, for both methods).
 Saved in the same diffusers/peft LoRA format as ``lora``, so the adapter also loads onto a
 full-precision model.
+
+With ``plan`` (a BitPlan from ``mandc quantize``, JSON path or dict) the targeted layers' codes take the
+plan's weight bits (symmetric, clipping init) and the plan's other layers are frozen exactly as in the
+model MPQ-Diff scored; the targeted layers keep QTA's dynamic INT8 activations (the plan's ``a_bits``
+apply to the other layers). See :mod:`finetune.qta.apply`.
 """
 from __future__ import annotations
 
@@ -28,6 +33,17 @@ class QTALoraConfig(LoraMethodConfig):
     weight_grad: str = option("int8", "LoRA weight-gradient GEMMs: 'int8' or 'fp32'")
     target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS),
                                       metadata={"help": "Linear module names (suffixes) that get adapters"})
+    plan: str | dict | None = option(None, "a BitPlan from mandc quantize (JSON path or dict): targeted layers at "
+                                           "its weight bits, its other layers frozen as MPQ-Diff scored them; "
+                                           "None: INT8 targeted layers only")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.plan is not None:
+            from finetune.quant import QuantConfig, plan_data, resolve_quant_config
+
+            self.plan = plan_data(self.plan)
+            resolve_quant_config(QuantConfig(plan=self.plan))  # a bad plan fails before the model is loaded
 
 
 @register
@@ -37,11 +53,13 @@ class QTALora(Method):
     quantized = True
 
     def setup_(self) -> None:
-        from finetune.qta import apply_qta_lora_
+        from finetune.quant import quantize_
+        from finetune.qta import QTALoRAQuantConfig
 
         c, den = self.config, self.model.denoiser
         den.requires_grad_(False)
-        apply_qta_lora_(den, r=c.rank, alpha=c.alpha, target_modules=list(c.target_modules), weight_grad=c.weight_grad)
+        quantize_(den, QTALoRAQuantConfig(r=c.rank, alpha=c.alpha, target_modules=tuple(c.target_modules),
+                                          weight_grad=c.weight_grad, plan=c.plan))
         den.train()
 
     def trainable(self) -> list[torch.Tensor]:

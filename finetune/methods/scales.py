@@ -10,6 +10,13 @@ are frozen; Ŵ is recomputed transiently inside the layer's autograd function (n
 which is what keeps TuneQDM's peak memory at PEQA's (:mod:`finetune.quant.functional`).
 Artefacts: the whole quantized denoiser (codes + trained scales) and the trained scales alone, both
 safetensors.
+
+Without a plan: every Linear/Conv2d at ``bits``, asymmetric codes, clipping-search init, float
+activations (the papers' recipe). With ``plan`` a BitPlan from ``mandc quantize`` (its JSON path or its
+dict), training starts from exactly the model MPQ-Diff scored: the plan's per-layer weight and activation
+bits, symmetric codes, clipping init, and activation scales fixed from the plan's ``act_ranges`` (measured
+on MPQ-Diff's calibration batch, so the method needs no calibration data of its own). A plain
+``{layer: bits}`` mapping keeps this method's recipe.
 """
 from __future__ import annotations
 
@@ -27,7 +34,9 @@ from finetune.methods.registry import register
 class PEQAConfig(MethodConfig):
     lr: float = option(3e-6, "learning rate (TuneQDM/PEQA recipe on SD; small zoo models take ~1e-4)")
     bits: int = option(4, "weight bits (2–8), ignored when plan is given")
-    plan: str | None = option(None, "per-layer bit plan (JSON path or mapping; a BitPlan from mandc quantize)")
+    plan: str | dict | None = option(None, "per-layer bits: a BitPlan from mandc quantize (JSON path or dict: the "
+                                           "model MPQ-Diff scored, symmetric with its calibrated activation scales) "
+                                           "or a {layer: bits} mapping")
     init: str = option("clip", "scale initialisation: 'minmax' or 'clip' (per-channel clipping search)")
     separable: bool = option(False, "TuneQDM per-input-channel scales s_in")
     n_timestep_sets: int = option(1, "TuneQDM timestep-specific scale sets N (1: one set)")
@@ -39,6 +48,19 @@ class PEQAConfig(MethodConfig):
         check_bits(self.bits)
         if self.n_timestep_sets < 1:
             raise ValueError(f"n_timestep_sets must be ≥ 1, got {self.n_timestep_sets}")
+        from finetune.quant import plan_data
+
+        self.plan = plan_data(self.plan)
+        self.quant_config()  # a bad plan or a contradiction with a BitPlan's recipe fails here, before loading
+
+    def quant_config(self):
+        """The :class:`~finetune.quant.QuantConfig` this method quantizes the denoiser with."""
+        from finetune.quant import QuantConfig, resolve_quant_config
+
+        cfg = QuantConfig(bits=self.bits, plan=self.plan, init=self.init, separable=self.separable,
+                          n_timestep_sets=self.n_timestep_sets)
+        resolve_quant_config(cfg)
+        return cfg
 
 
 @dataclass
@@ -55,11 +77,12 @@ class PEQA(Method):
     quantized = True
 
     def setup_(self) -> None:
-        from finetune.quant import mark_only_scales_trainable_, quantize_
+        from finetune.quant import follow_timesteps_, mark_only_scales_trainable_, quantize_
 
         c, den = self.config, self.model.denoiser
-        quantize_(den, bits=c.bits, plan=c.plan, init=c.init, separable=c.separable,
-                  n_timestep_sets=c.n_timestep_sets)
+        quantize_(den, c.quant_config())
+        if c.n_timestep_sets > 1:  # TuneQDM: the scale set follows the timestep, in training and sampling
+            follow_timesteps_(den, self.model.num_train_timesteps)
         mark_only_scales_trainable_(den)
         den.train()
 

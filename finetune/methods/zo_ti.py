@@ -22,7 +22,10 @@ through Adam's large ε.
 - **Partial uniform timestep sampling** (``partial_timesteps=True``): t ~ U{500, …, 899} of T = 1000.
 - **Optimiser**: Adam on ĝ, β = (0.9, 0.999), ε = 1e-3 added to √v̂, lr 5e-3 (paper).
 - The model is quantized first: INT8 weights for every Linear/Conv2d of the denoiser, the text encoder
-  and the VAE (the embedding table stays in full precision: θ is a row of it).
+  and the VAE (the embedding table stays in full precision: θ is a row of it), symmetric min–max codes,
+  float activations (``QuantConfig(bits=8, symmetric=True, init="minmax")``). With ``plan`` (a BitPlan
+  from ``mandc quantize``) the denoiser is instead the model MPQ-Diff scored (its bits, symmetric, clip,
+  calibrated activation scales); the text encoder and VAE stay at ``quant_bits``.
 
 Output: ``learned_embeds.safetensors`` ``{token: [1, d]}``, diffusers' textual-inversion format.
 """
@@ -55,6 +58,8 @@ class ZOTIConfig(MethodConfig):
     partial_timesteps: bool = option(True, "sample t ~ U{500..899} (False: the full range)")
     normalize: str = option("code", "'code': the public code's gradient normalisation; 'paper': 1/n")
     quant_bits: int = option(8, "weight bits of the quantized denoiser, text encoder and VAE")
+    plan: str | dict | None = option(None, "a BitPlan from mandc quantize (JSON path or dict) for the denoiser; "
+                                           "the text encoder and VAE stay at quant_bits")
     timestep_min: int = option(500, "used when partial_timesteps is on")
     timestep_max: int = option(900, "used when partial_timesteps is on")
 
@@ -64,6 +69,19 @@ class ZOTIConfig(MethodConfig):
             raise ValueError("need n_directions ≥ 1, mu > 0, tau ≥ 2 and 0 < nu < 1")
         if self.normalize not in ("code", "paper"):
             raise ValueError(f"normalize must be 'code' or 'paper', got {self.normalize!r}")
+        from finetune.quant import plan_data, resolve_quant_config
+
+        self.plan = plan_data(self.plan)
+        for cfg in self.quant_configs().values():
+            resolve_quant_config(cfg)  # bad bits or a bad plan fail before the model is loaded
+
+    def quant_configs(self) -> dict:
+        """``{component: QuantConfig}`` for the denoiser, the text encoder and the VAE."""
+        from finetune.quant import QuantConfig
+
+        base = QuantConfig(bits=self.quant_bits, symmetric=True, init="minmax")
+        den = base if self.plan is None else QuantConfig(plan=self.plan)
+        return {"denoiser": den, "text_encoder": base, "vae": base}
 
 
 class SubspaceProjector:
@@ -121,10 +139,11 @@ class ZeroOrderTI(Method):
 
         c, m = self.config, self.model
         self.token_id = add_placeholder_(m, c.placeholder, c.initializer)
-        for module in (m.denoiser, m.text_encoder, m.vae):
+        for part, cfg in c.quant_configs().items():
+            module = getattr(m, part)
             if module is not None:
                 module.requires_grad_(False)
-                quantize_(module, bits=c.quant_bits, init="minmax", symmetric=True)
+                quantize_(module, cfg)
                 module.requires_grad_(False)
         theta = self.embedding_row()
         self.m = torch.zeros_like(theta, dtype=torch.float32)

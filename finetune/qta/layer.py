@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from finetune.qta.function import WEIGHT_GRAD_MODES, qta_lora_linear
-from finetune.qta.int8_ops import QMAX
+from finetune.quant.weight_init import quantize_weight
 
 
 class LoRAWeight(nn.Module):
@@ -26,6 +26,9 @@ class LoRAWeight(nn.Module):
 class QTALoRALinear(nn.Module):
     """``y = x Wᵀ + b + (alpha / r) · (x Aᵀ) Bᵀ`` with ``W`` frozen as per-output-channel symmetric INT8.
 
+    The codes come from ``finetune.quant``'s weight quantizer (symmetric, ``bits`` ≤ 8, ``init``
+    ``"minmax"`` — ``s = max|W[o]| / 127`` at 8 bits — or ``"clip"``), as signed values ``W_q − z`` in
+    ``[−2**(bits−1), 2**(bits−1) − 1]``, which the INT8 GEMMs take whatever ``bits`` is.
     Buffers: ``qweight`` ``[O, I]`` int8, ``w_scale`` ``[O]`` float32 (``W ≈ w_scale[:, None] · qweight``).
     Parameters: ``lora_A.weight`` ``[r, I]`` (Kaiming-uniform, ``a = √5``, as peft), ``lora_B.weight``
     ``[O, r]`` (zeros, so the adapter starts as a no-op), ``bias`` ``[O]`` (frozen copy of the base bias).
@@ -34,7 +37,8 @@ class QTALoRALinear(nn.Module):
     of 0): the base layer and LoRA's down-projection share one quantized input and one GEMM.
     """
 
-    def __init__(self, base: nn.Linear, r: int = 4, alpha: float = 4.0, weight_grad: str = "int8"):
+    def __init__(self, base: nn.Linear, r: int = 4, alpha: float = 4.0, weight_grad: str = "int8", bits: int = 8,
+                 init: str = "minmax"):
         super().__init__()
         if not isinstance(base, nn.Linear):
             raise TypeError(f"QTALoRALinear wraps an nn.Linear, got {type(base).__name__}")
@@ -46,10 +50,9 @@ class QTALoRALinear(nn.Module):
         self.in_features, self.out_features = base.in_features, base.out_features
         self.r, self.alpha, self.scaling = r, float(alpha), float(alpha) / r
         self.weight_grad = weight_grad
-        w32 = w.float()
-        scale = w32.abs().amax(1).div_(QMAX)
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # all-zero row: codes 0, any scale
-        self.register_buffer("qweight", torch.round(w32 / scale[:, None]).to(torch.int8))
+        self.bits = bits
+        codes, zero, scale = quantize_weight(w, bits, init, symmetric=True)
+        self.register_buffer("qweight", (codes.to(torch.int16) - zero.to(torch.int16)[:, None]).to(torch.int8))
         self.register_buffer("w_scale", scale)
         if base.bias is not None:
             self.bias = nn.Parameter(base.bias.detach().clone(), requires_grad=False)

@@ -107,7 +107,8 @@ class QuantLayer(nn.Module):
         if sets is None:
             raise RuntimeError(
                 f"quantized layer {self.fqn or self.kind!r} has {self.n_timestep_sets} timestep scale sets but no "
-                "timestep was given: call finetune.quant.set_timestep_(model, t) or use "
+                "timestep was given: call finetune.quant.follow_timesteps_(denoiser) once (the sets then follow "
+                "its forward's timestep), finetune.quant.set_timestep_(model, t), or use "
                 "`with finetune.quant.timestep_scales(model, t):` around the forward pass")
         if isinstance(sets, int):
             return self._matmul(x, sets)

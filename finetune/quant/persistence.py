@@ -5,7 +5,9 @@ codes at their real width), ``.zero_point``, ``.s_out``, ``.delta_s_out`` (all t
 ``.bias`` and ``.a_scale`` where present, plus the per-layer configuration (bits, shape, conv
 hyper-parameters, …) as JSON in the file's metadata. Layers that are not quantized are not written: they
 come from the base model. ``load_quantized_`` turns the matching layers of a full-precision model of the
-same architecture into quantized layers and fills them from the file, without re-quantizing.
+same architecture into quantized layers and fills them from the file, without re-quantizing. A model
+with timestep scale sets (TuneQDM) follows its forward's timestep once loaded (:func:`follow_timesteps_`,
+with the ``num_train_timesteps`` saved from a model that followed it, else 1000).
 
 ``trainable_scale_state_dict`` holds only what fine-tuning changes (``delta_s_out``, ``s_in``, and
 biases left trainable), keyed like ``model.state_dict()``.
@@ -22,6 +24,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from finetune.quant.layers import QuantConv2d, QuantLayer, QuantLinear
+from finetune.quant.timestep import follow_timesteps_
 
 FORMAT = "mandc.quant"
 VERSION = "1"
@@ -47,7 +50,10 @@ def save_quantized(model: nn.Module, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": FORMAT, "version": VERSION, "layers": json.dumps(configs)})
+    meta = {"format": FORMAT, "version": VERSION, "layers": json.dumps(configs)}
+    if getattr(model, "_follows_timesteps", False):
+        meta["num_train_timesteps"] = str(model._timestep_T)
+    save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, path)
     return path
 
@@ -106,6 +112,7 @@ def load_quantized_(model: nn.Module, path) -> nn.Module:
     configs = read_quantized_config(path)
     with safe_open(str(path), "pt") as f:
         keys = set(f.keys())
+        follow_t = (f.metadata() or {}).get("num_train_timesteps")
         for name, cfg in configs.items():
             try:
                 current = model.get_submodule(name)
@@ -140,6 +147,8 @@ def load_quantized_(model: nn.Module, path) -> nn.Module:
             if q is not current:
                 parent_name, _, child = name.rpartition(".")
                 setattr(model.get_submodule(parent_name), child, q)
+    if any(cfg["n_timestep_sets"] > 1 for cfg in configs.values()):  # files from before the key: T = 1000
+        follow_timesteps_(model, int(follow_t or 1000))
     return model
 
 

@@ -14,6 +14,12 @@ A scalar (Python number, 0-d or one-element tensor) selects one set for the whol
 ``B`` timesteps selects a set per sample; every quantized layer with ``N > 1`` then requires its input's
 leading dimension to be ``B`` (true for the UNet's Linear/Conv layers, whose inputs are ``[B, ...]``).
 Layers with a single set ignore all of this.
+
+:func:`follow_timesteps_` makes a denoiser do this itself: a forward pre-hook reads the ``timestep``
+argument of every call (positional after the sample, as a UNet takes it, or the ``timestep=`` keyword, as
+a PixArt transformer does) and selects the sets before the layers run. TuneQDM installs it in its
+``setup_`` (and ``load_quantized_`` on a reloaded denoiser with several sets), so the generic model
+adapter never needs to know about scale sets.
 """
 from __future__ import annotations
 
@@ -71,3 +77,27 @@ def timestep_scales(model: nn.Module, t, num_train_timesteps: int = 1000):
     finally:
         for m, p in zip(layers, previous):
             m._timestep_sets = p
+
+
+def _select_sets_hook(module: nn.Module, args, kwargs):
+    """Forward pre-hook of :func:`follow_timesteps_`: select the sets of the call's timestep(s), if given."""
+    t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+    if t is None:
+        return None
+    t = torch.as_tensor(t).detach()
+    if t.dim() == 1 and t.numel() > 1 and bool((t == t[0]).all()):
+        t = t[0]  # one interval for the whole batch: one scale set, no per-sample split
+    set_timestep_(module, t, module._timestep_T)
+    return None
+
+
+def follow_timesteps_(denoiser: nn.Module, num_train_timesteps: int = 1000) -> nn.Module:
+    """Make ``denoiser`` select its quantized layers' timestep scale sets from each forward call's
+    ``timestep`` argument (a forward pre-hook; calling it again only updates ``num_train_timesteps``)."""
+    if num_train_timesteps <= 0:
+        raise ValueError(f"num_train_timesteps must be positive, got {num_train_timesteps!r}")
+    denoiser._timestep_T = int(num_train_timesteps)
+    if not getattr(denoiser, "_follows_timesteps", False):
+        denoiser.register_forward_pre_hook(_select_sets_hook, with_kwargs=True)
+        denoiser._follows_timesteps = True
+    return denoiser
