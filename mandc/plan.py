@@ -278,14 +278,22 @@ def make_plan(planner, dataset, memory="8GiB", device: str = "cuda", goal: str =
     say(f"plan: {model} ranks first; estimating the memory of every method on it")
 
     memory, configs = estimate_methods(model, goal, steps, token, budget, device, overrides)
-    chosen, reasons, fallback = choose_method(memory, budget, goal)
-    cfg = configs[chosen]
-    bitplan = None
-    if "plan" in _options(chosen):
-        bits = memory[chosen]["bits"]
-        say(f"plan: allocating per-layer bits with MPQ-Diff (average {bits} weight bits)")
-        bitplan, memory[chosen] = _bitplan_that_fits(model, ds, chosen, cfg, bits, budget, device, say)
-        cfg = {**cfg, "bits": memory[chosen]["bits"]}
+    plans: dict = {}   # one MPQ-Diff profile of the model serves every average (and both plan-taking methods)
+    while True:
+        chosen, reasons, fallback = choose_method(memory, budget, goal)  # NothingFitsError when none is left
+        cfg = configs[chosen]
+        if "plan" not in _options(chosen):
+            bitplan = None
+            break
+        top = memory[chosen]["bits"] or max(BIT_CHOICES)
+        say(f"plan: allocating per-layer bits for {chosen} with MPQ-Diff (at most {top} average weight bits)")
+        bitplan, memory[chosen] = _bitplan_that_fits(model, ds, chosen, cfg, memory[chosen], top, budget, device,
+                                                     plans, say)
+        if bitplan is not None:
+            if "bits" in _options(chosen):
+                cfg = {**cfg, "bits": memory[chosen]["bits"]}
+            break
+        say(f"plan: no MPQ-Diff plan lets {chosen} fit; choosing again")
     reasons.insert(0, f"model {model}: ranked first of {len(entries)} candidate(s) by the matching graph "
                       f"({rec.source}; {ranked[0]['why'] or 'no evidence'})")
     if bitplan is None and memory[chosen].get("bits"):
@@ -389,23 +397,31 @@ def choose_method(memory: dict, budget: int, goal: str) -> tuple[str, list[str],
     return chosen, reasons, fitting[1:]
 
 
-def _bitplan_that_fits(model: str, ds, method: str, cfg: dict, bits: int, budget: int, device: str, say):
-    """MPQ-Diff's plan at ``bits`` average weight bits, stepping down the bit choices while the method's high
-    estimate with the plan itself does not fit; returns ``(bitplan dict, memory row)``."""
+def _bitplan_that_fits(model: str, ds, method: str, cfg: dict, uniform: dict, bits: int, budget: int, device: str,
+                       plans: dict, say) -> tuple[dict | None, dict]:
+    """``(bitplan, memory row)``: MPQ-Diff's plan at the most average weight bits (of :data:`BIT_CHOICES`, at
+    most ``bits``) with which ``method``'s high estimate — now with the plan itself — fits the budget;
+    ``(None, row of the fewest bits)`` when none does (``uniform``'s row, marked as not fitting, when no average is
+    feasible for the model at all). ``plans`` caches the model's plans across calls."""
     from finetune.estimate import estimate_memory
-    from finetune.load import load_model
-    from profiler.mpq import profile_bits
 
-    loaded = load_model(model)
-    choices = [b for b in BIT_CHOICES if b <= bits]
-    for b in choices:
-        bp = profile_bits(loaded, ds, avg_bits=b).to_json()
-        est = estimate_memory(model, method, {**cfg, "bits": b}, device=device, bitplan=bp)
+    if not plans:
+        from finetune.load import load_model
+        from profiler.mpq import profile_bits_at
+
+        plans.update({b: p.to_json() for b, p in profile_bits_at(load_model(model), ds, BIT_CHOICES).items()})
+        if not plans:
+            plans[None] = None  # no average is feasible for this model: remember, do not profile again
+    row = None
+    for b in [b for b in BIT_CHOICES if b <= bits and plans.get(b)]:
+        est = estimate_memory(model, method, {**cfg, "bits": b}, device=device, bitplan=plans[b])
         row = _row(est, budget, b)
-        if row["fits"] or b == choices[-1]:
-            return bp, row
-        say(f"plan: the {b}-bit plan does not fit ({fmt_bytes(est.high_bytes)}); trying fewer bits")
-    raise AssertionError("unreachable")
+        if row["fits"]:
+            return plans[b], row
+        say(f"plan: {method} with the {b}-bit plan does not fit ({fmt_bytes(est.high_bytes)})")
+    if row is None:  # no feasible plan at or below these bits: the method cannot be planned
+        row = {**uniform, "fits": False, "note": f"MPQ-Diff finds no feasible plan at or below {bits} average bits"}
+    return None, row
 
 
 def _candidates(rec, entries) -> list[dict]:
