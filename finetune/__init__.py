@@ -20,6 +20,8 @@ _EXPORTS = {
     "TrainConfig": "finetune.train",
     "train_denoiser": "finetune.train",
     "save_grid": "finetune.images",
+    "run": "finetune.runner",
+    "FinetuneResult": "finetune.runner",
 }
 
 __all__ = sorted(_EXPORTS)

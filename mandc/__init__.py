@@ -7,6 +7,10 @@ _EXPORTS = {
     "Planner": "mandc.planner",
     "Recommendation": "mandc.planner",
     "Store": "mandc.store",
+    # the plan
+    "Plan": "mandc.plan",
+    "PlanError": "mandc.plan",
+    "NothingFitsError": "mandc.plan",
 }
 
 

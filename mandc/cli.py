@@ -154,6 +154,24 @@ def _parse_sets(config_cls, items: list[str] | None, flags: dict | None = None) 
         _fail(str(e))
 
 
+def _parse_plan_sets(items: list[str] | None) -> dict:
+    """``mandc plan --set KEY=VALUE``: typed by the first method config that has the option (the plan gives it
+    to every method that has it); an option no method has is refused, as is one given twice differently."""
+    from finetune.methods import METHODS
+
+    out: dict = {}
+    for item in items or []:
+        key = item.split("=", 1)[0].strip().replace("-", "_")
+        cls = next((c.Config for c in METHODS.values() if key in c.Config.help()), None)
+        if cls is None:
+            _fail(f"no fine-tuning method has the option {key!r} (see `mandc methods`)")
+        value = _parse_sets(cls, [item])[key]
+        if key in out and out[key] != value:
+            _fail(f"option {key} given twice with different values; give it once")
+        out[key] = value
+    return out
+
+
 @app.command("methods")
 def methods_list(as_json: bool = typer.Option(False, "--json", help="Print a JSON array instead of tables.")) -> None:
     """List the fine-tuning methods and their options (defaults from each paper's recipe)."""
@@ -187,6 +205,10 @@ def finetune_cmd(
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Any method option as KEY=VALUE (repeatable)."),
     resume: bool = typer.Option(True, help="Continue from out/checkpoint.pt when the inputs match."),
     force: bool = typer.Option(False, help="Retrain even if out/result.json exists for the same inputs."),
+    feedback: bool = typer.Option(False, "--feedback", help="Add the result to the matching graph as a measured "
+                                  "record (the next `mandc recommend`/`mandc plan` uses it)."),
+    graph: Optional[Path] = typer.Option(None, "--graph", help="Matching-graph store for --feedback (default: "
+                                         "$MANDC_HOME/graph.sqlite)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Fine-tune a model on a dataset with one method; writes artefacts and result.json to --out."""
@@ -231,6 +253,8 @@ def finetune_cmd(
         if not out_existed and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()  # the failed run created it and wrote nothing; a folder that was there stays
         _fail(str(e))
+    if feedback:
+        _feedback_result(res, model, data, method, overrides, graph)
     if as_json:
         print(json.dumps(res.to_dict(), indent=2))
         return
@@ -246,6 +270,23 @@ def finetune_cmd(
     for k, v in res.artefacts.items():
         t.add_row(f"artefact: {k}", v)
     out.print(t)
+
+
+def _feedback_result(res, model: str, data: str, method: str, overrides: dict, graph: Optional[Path]) -> None:
+    """``mandc finetune --feedback``: the result as a ProfileRecord, through the planner's one feedback path."""
+    from mandc.planner import Planner
+    from mandc.store import StoreError
+    from profiler.jobs import ProfileJob, record_from_result
+
+    try:
+        job = ProfileJob(model, data, method, dict(overrides), int(res.config.get("seed", 0)))
+        rec = record_from_result(job, res).to_dict()
+        Planner(graph).feedback(rec)
+    except (StoreError, ValueError, FloatingPointError) as e:
+        _fail(f"fine-tuning finished (result in {res.artefacts or 'the --out folder'}), but its record could not be "
+              f"added to the graph: {e}")
+    console.print(f"feedback: record {rec['job_id']} added to the matching graph ({graph or 'default store'})",
+                  highlight=False)
 
 
 # ------------------------------------------------------------------------------------------- quantize
@@ -357,18 +398,6 @@ def evaluate_cmd(
 
 
 # -------------------------------------------------------------------------------------------- profile
-def _store_records(records: list[dict]) -> None:
-    """HOOK (planner/store, wired by the lead): add the profiled records (ok and failed: the store keeps
-    failed ones as history, its graph uses the ok ones) to the matching-graph store. Does nothing while
-    ``mandc.store`` (or its ``Store.add_records``) does not exist."""
-    try:
-        from mandc.store import Store
-    except ImportError:
-        return
-    if hasattr(Store, "add_records"):
-        Store().add_records(records)
-
-
 def _suggest_pairs(n: int, models: str | None, datasets: str | None, as_json: bool,
                    show: bool = True) -> list[tuple[str, str, str]]:
     """``mandc profile --suggest N``: the pairs :func:`mandc.active.suggest` proposes from the graph store,
@@ -422,6 +451,8 @@ def profile_cmd(
                                             "the graph store whose measurement should improve selection most "
                                             "(--models/--datasets restrict them); --run profiles them."),
     run_suggested: bool = typer.Option(False, "--run", help="With --suggest: profile the suggested pairs."),
+    graph: Optional[Path] = typer.Option(None, "--graph", help="Matching-graph store the records go into (default: "
+                                         "$MANDC_HOME/graph.sqlite); unknown models and datasets are added first."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary and records as JSON."),
 ) -> None:
     """Profile models on datasets: fine-tune each pair with a fixed budget, record held-out losses (resumable)."""
@@ -458,7 +489,13 @@ def profile_cmd(
               f"only the other {len(jobs) - n}", code=130)
     except (ValueError, ImportError) as e:
         _fail(str(e))
-    _store_records(records)
+    from mandc.planner import Planner
+    from mandc.store import StoreError
+
+    try:  # the one feedback path: unknown dataset and model nodes first, then the records (failed ones as history)
+        Planner(graph).feedback(records)
+    except (StoreError, ValueError) as e:
+        _fail(f"the campaign's records are in {summary['campaign_dir']}, but could not be added to the graph: {e}")
     failed = sum(r["status"] == "failed" for r in records)  # exit 1 if a job failed (did_not_fit is a result)
     if as_json:
         print(json.dumps({"summary": summary, "records": records}, indent=2))
@@ -480,6 +517,92 @@ def profile_cmd(
                   "denoising loss after/before fine-tuning, lower is better", highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(1)
+
+
+# ----------------------------------------------------------------------------------------------- plan
+def _stage(line: str) -> None:
+    console.print(line, highlight=False, soft_wrap=True)
+
+
+@app.command("plan")
+def plan_cmd(
+    dataset: str = typer.Argument(..., help="Dataset reference: builtin:NAME or an imagefolder path."),
+    memory: str = typer.Option(..., "--memory", help="Memory budget of the fine-tuning run, e.g. 8GiB, 512MiB, 6GB."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder for plan.json and the reports (report.md, report.html)."),
+    device: str = typer.Option("cuda", "--device", help="Where the run will happen: cuda or cpu (the memory "
+                               "estimate's device offset)."),
+    goal: str = typer.Option("domain", "--goal", help="domain (adapt the denoiser to your images) or subject "
+                             "(learn a token for your subject)."),
+    token: Optional[str] = typer.Option(None, "--token", help="The subject's placeholder word (goal subject), e.g. sks."),
+    candidates: Optional[str] = typer.Option(None, "--candidates", help="Comma-separated model refs of the graph to "
+                                             "choose from (default: every model of the graph)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Fine-tuning steps (default: the method's recipe)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="A method option as KEY=VALUE for every method that "
+                                             "has it, e.g. lr=1e-4 (repeatable; see `mandc methods`)."),
+    graph: Optional[Path] = typer.Option(None, "--graph", help="Matching-graph store (default: $MANDC_HOME/graph.sqlite)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+) -> None:
+    """Plan a fine-tuning run: model, per-layer bits, method and memory verdict; writes plan.json and a report."""
+    from mandc.plan import PlanError
+    from mandc.planner import Planner
+    from mandc.report import write_reports
+    from mandc.store import StoreError
+
+    if steps is not None and steps < 1:
+        _fail(f"--steps must be ≥ 1, got {steps}")
+    if out_dir.exists() and not out_dir.is_dir():
+        _fail(f"--out {out_dir} exists and is not a folder")
+    try:
+        plan = Planner(graph).plan(dataset, memory=memory, device=device, goal=goal, candidates=candidates,
+                                   steps=steps, token=token, overrides=_parse_plan_sets(set_), log=_stage)
+    except (PlanError, StoreError, ValueError, KeyError, FileNotFoundError) as e:  # DatasetError, ModelRefError
+        _fail(str(e))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = plan.save(out_dir / "plan.json")
+    reports = write_reports(plan, out_dir)
+    if as_json:
+        print(json.dumps(plan.to_json(), indent=2))
+        return
+    for line in plan.summary():
+        out.print(line, highlight=False, soft_wrap=True)
+    out.print(f"plan: {path}", highlight=False)
+    out.print(f"report: {reports['html']} (and {reports['markdown'].name})", highlight=False)
+    out.print(f"next: mandc run {path}", highlight=False)
+
+
+@app.command("run")
+def run_cmd(
+    plan_path: Path = typer.Argument(..., help="plan.json written by `mandc plan` (or its folder)."),
+    resume: bool = typer.Option(True, help="Continue an interrupted run from its checkpoint."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Carry out a plan: quantize, fine-tune, evaluate, update the report and feed the result into the graph."""
+    from data import DatasetError
+    from finetune.refs import ModelRefError
+    from mandc.plan import Plan, PlanError, fmt_bytes
+    from mandc.store import StoreError
+
+    try:
+        plan = Plan.load(plan_path)
+    except PlanError as e:
+        _fail(str(e))
+    folder = plan_path if plan_path.is_dir() else plan_path.parent
+    try:
+        with _progress() as prog:
+            task = prog.add_task(f"{plan.method} on {plan.model}", total=plan.config.get("steps"))
+            res = plan.run(folder, resume=resume, log=_stage,
+                           progress=lambda d, n: prog.update(task, completed=d, total=n))
+    except (ValueError, DatasetError, ModelRefError, StoreError, FileNotFoundError) as e:
+        _fail(str(e))
+    if as_json:
+        print(json.dumps(res, indent=2))
+        return
+    if res.get("heldout_loss_before") is not None:
+        out.print(f"held-out loss {res['heldout_loss_before']:.4f} → {res['heldout_loss_after']:.4f}", highlight=False)
+    out.print(f"peak memory {fmt_bytes(res['measured_peak_bytes'])} ({res['mem_method']}); estimate "
+              f"{fmt_bytes(res['estimate_expected_bytes'])}, high {fmt_bytes(res['estimate_high_bytes'])}: "
+              f"{'within' if res['within_high'] else 'ABOVE'} the high bound", highlight=False)
+    out.print(f"report: {folder / 'report.html'}", highlight=False)
 
 
 def main() -> None:  # console-script entry point

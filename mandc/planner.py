@@ -232,6 +232,9 @@ class Planner:
         self._graph = None
         self.k = k
         src = graph_or_store
+        #: the graph this planner reads, as given (a path, or None for the default store): a Plan records it,
+        #: so that ``Plan.run`` feeds its measurement into the same graph
+        self.graph_source = str(Path(src).expanduser().resolve()) if isinstance(src, (str, os.PathLike)) else None
         if src is None:
             self.store = Store()
         elif isinstance(src, Store):
@@ -485,6 +488,19 @@ class Planner:
                                    evidence=evidence, mixture={f: round(w, 4) for f, w in graph.mixture(m).items()}))
         return out
 
+    # ------------------------------------------------------------------ planning
+    def plan(self, dataset, memory="8GiB", device: str = "cuda", goal: str = "domain", candidates=None,
+             steps: int | None = None, token: str | None = None, overrides: dict | None = None, log=None):
+        """The :class:`~mandc.plan.Plan` for ``dataset`` under a ``memory`` budget (``"8GiB"``, bytes): model,
+        per-layer bits, method and config, and every method's memory estimate (see :mod:`mandc.plan`).
+        ``goal``: ``"domain"`` (adapt the denoiser) or ``"subject"`` (learn a token, ``token``);
+        ``candidates``: restrict the models (refs of the graph); ``steps``: the method's steps (default its
+        recipe); ``overrides``: method options such as ``{"lr": 1e-4}``; ``log``: called with one line per stage."""
+        from mandc.plan import make_plan
+
+        return make_plan(self, dataset, memory=memory, device=device, goal=goal, candidates=candidates, steps=steps,
+                         token=token, overrides=overrides, log=log)
+
     # ------------------------------------------------------------------ feedback
     def feedback(self, records) -> int:
         """Add measured ProfileRecords (one dict or a list, ``profiler.jobs`` format) to the graph's store,
@@ -500,11 +516,13 @@ class Planner:
                                  f"got {str(r)[:120]}")
             rec = json.loads(json.dumps(r))  # our own copy
             rec["job"]["dataset"] = dataset_key(rec["job"].get("dataset", ""))
+            rec["job"]["model"] = dataset_key(rec["job"].get("model", ""))  # a folder model: its absolute path too
             recs.append(rec)
         graph = None if self.store is not None else self._graph
         known_models = {m["ref"] for m in self.store.models()} if self.store is not None else set(graph.models)
         known_data = {d["ref"] for d in self.store.datasets()} if self.store is not None else set(graph.datasets)
-        for model in dict.fromkeys(r["job"]["model"] for r in recs if r["job"]["model"] not in known_models):
+        ok = [r for r in recs if r.get("status") == "ok"]  # a failed record is history: no node is added for it
+        for model in dict.fromkeys(r["job"]["model"] for r in ok if r["job"]["model"] not in known_models):
             from profiler.modelinfo import describe_model
 
             line = describe_model(model)
@@ -512,7 +530,7 @@ class Planner:
                 self.store.add_model(model, line["features"], line["info"], name=line["name"])
             else:
                 graph.add_model(model, line["features"], line["info"])
-        for ds_ref in dict.fromkeys(r["job"]["dataset"] for r in recs if r["job"]["dataset"] not in known_data):
+        for ds_ref in dict.fromkeys(r["job"]["dataset"] for r in ok if r["job"]["dataset"] not in known_data):
             from data import DatasetFeatures, load_dataset
 
             ds = load_dataset(ds_ref)
@@ -523,7 +541,7 @@ class Planner:
                 graph.add_dataset(ds_ref, vec, family=ds.family)
         if self.store is not None:
             return self.store.add_records(recs)
-        graph.add_records(recs)
+        graph.add_records(ok)
         return len(recs)
 
 

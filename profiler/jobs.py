@@ -115,20 +115,7 @@ def run_job(job: ProfileJob | dict, workdir: str | os.PathLike | None = None, *,
             if reuse:  # exactly finetune.run's own evaluation after training (its eval batch = the batch size)
                 res.heldout_loss_before = float(zero_shot_loss)
                 res.heldout_loss_after = evaluate(model, method_cls(model, cfg), dataset.heldout, max(1, cfg.batch_size))
-        losses = {"heldout_loss": res.heldout_loss_after, "zero_shot_loss": res.heldout_loss_before}
-        bad = [k for k, v in losses.items() if v is None or not math.isfinite(v)]
-        if bad:
-            raise FloatingPointError(f"{', '.join(bad)} is not a finite number ({losses}): training diverged "
-                                     "or the model produces NaNs")
-        versions = dict(res.versions)
-        fp = model_fingerprint(job.model)
-        if fp is not None:
-            versions["model"] = fp
-        return ProfileRecord(
-            job_id=job.job_id, job=job, status="ok",
-            metrics={k: float(v) for k, v in losses.items()},
-            peak_mem_bytes=int(res.peak_mem_bytes), wall_s=round(time.perf_counter() - t0, 3),
-            train_s=round(float(res.train_s), 3), versions=versions, host=hostname(), finished_at=utc_now())
+        return record_from_result(job, res, wall_s=time.perf_counter() - t0)
     except Exception as e:  # noqa: BLE001 — a job's failure is data, not a crash of the campaign
         if _is_out_of_memory(e):
             request = oom_request_bytes(str(e))
@@ -169,6 +156,26 @@ def _allocated_bytes() -> int:
     if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
         return 0
     return int(torch.cuda.memory_allocated())
+
+
+def record_from_result(job: ProfileJob, res, wall_s: float | None = None) -> ProfileRecord:
+    """The ``"ok"`` record of ``job`` from its ``finetune.FinetuneResult`` (``heldout_loss``: after,
+    ``zero_shot_loss``: before fine-tuning): the one place a fine-tuning result becomes a record (profiling
+    jobs, ``mandc run``, ``mandc finetune --feedback``). Raises ``FloatingPointError`` when a loss is not
+    finite. ``wall_s`` defaults to the result's own wall time."""
+    losses = {"heldout_loss": res.heldout_loss_after, "zero_shot_loss": res.heldout_loss_before}
+    bad = [k for k, v in losses.items() if v is None or not math.isfinite(v)]
+    if bad:
+        raise FloatingPointError(f"{', '.join(bad)} is not a finite number ({losses}): training diverged "
+                                 "or the model produces NaNs")
+    versions = dict(res.versions)
+    fp = model_fingerprint(job.model)
+    if fp is not None:
+        versions["model"] = fp
+    return ProfileRecord(job_id=job.job_id, job=job, status="ok", metrics={k: float(v) for k, v in losses.items()},
+                         peak_mem_bytes=int(res.peak_mem_bytes),
+                         wall_s=round(res.wall_s if wall_s is None else wall_s, 3),
+                         train_s=round(float(res.train_s), 3), versions=versions, host=hostname(), finished_at=utc_now())
 
 
 def model_fingerprint(ref: str) -> str | None:

@@ -91,6 +91,10 @@ class BitPlan:
     def to_dict(self) -> dict:
         return {"format": FORMAT, "version": VERSION, **{k: getattr(self, k) for k in _KEYS}}
 
+    def to_json(self) -> dict:
+        """:meth:`to_dict` in plain JSON types only (numpy scalars and arrays converted), as :meth:`save` writes it."""
+        return json.loads(json.dumps(self.to_dict(), default=_jsonable))
+
     @classmethod
     def from_dict(cls, d: dict, source: str = "bit plan") -> "BitPlan":
         if not isinstance(d, dict):

@@ -390,6 +390,40 @@ def profile_bits(model, dataset, budget=None, *, avg_bits: float | None = None,
     return plan_from_profile(prof, bud, config, extra)
 
 
+def profile_bits_at(model, dataset, avg_bits, *, config: MPQConfig | None = None,
+                    progress: Progress | None = None) -> dict[float, BitPlan]:
+    """MPQ-Diff plans at several average weight bits from **one** profile: ``{avg_bits: BitPlan}``.
+
+    The profile (the calibration forward passes and Grams at ``K`` timesteps) is the expensive part; each
+    allocation is one small integer program, so a planner that tries 8, 6, 4, 3 bits pays one profile.
+    Averages below the smallest feasible budget are left out (``{}`` when none is feasible). β and α come
+    from ``config`` (validation, which would pick them per budget, is not supported here)."""
+    from profiler.mpq.allocate import InfeasibleBudgetError
+
+    config = config or MPQConfig()
+    if config.validate:
+        raise ValueError("profile_bits_at does not validate β and α per budget; call profile_bits for each budget")
+    given_ref = str(model) if isinstance(model, (str, os.PathLike)) else None
+    model, ds = load_model_and_data(model, dataset)
+    batch = calibration_batch(model, ds.train, config.n_calib, config.seed)
+    layers = probe_layers(model, batch)
+    pinned = pinned_layers(layers, config)
+    budgets = {}
+    for b in avg_bits:
+        bud = resolve_budget(layers, None, b, config.a_bits_reference)
+        try:
+            check_budget(layers, bud, config.w_choices, config.a_choices, pinned)
+        except InfeasibleBudgetError:
+            continue
+        budgets[b] = bud
+    if not budgets:
+        return {}
+    prof = profile_importance(model, batch, config.timesteps, layers, config.micro_batch, config.max_feature_bytes,
+                              progress=progress)
+    extra = {"model": given_ref or model_ref(model), "dataset": getattr(ds, "ref", None) or ds.name}
+    return {b: plan_from_profile(prof, bud, config, extra) for b, bud in budgets.items()}
+
+
 def model_ref(model) -> str | None:
     """Where ``model`` was loaded from, when known."""
     pipe = getattr(model, "pipeline", None)

@@ -1,0 +1,447 @@
+"""The plan: from a dataset and a memory budget to a model, a bit plan, a method and a memory verdict.
+
+::
+
+    import mandc
+    plan = mandc.Planner().plan("./my_images", memory="8GiB", device="cuda")
+    plan.model, plan.method, plan.config, plan.memory[plan.method]
+    plan.save("out/plan.json")              # versioned plain JSON; Plan.load reads it back
+    plan.run("out")                         # quantize as planned, fine-tune, evaluate, feed the graph
+
+:func:`make_plan` (what :meth:`mandc.planner.Planner.plan` calls):
+
+1. **model**: :meth:`~mandc.planner.Planner.recommend` ranks the candidates (all models of the graph, or
+   the ``candidates`` given); the best-ranked candidate is chosen;
+2. **memory**: :func:`finetune.estimate.estimate_memory` estimates every registered method on that model
+   from its configs and safetensors headers (no weights loaded): low / expected / high peak bytes. A method
+   *fits* when its **high** estimate is within the budget. Quantizing methods are estimated at every
+   weight-bit choice in :data:`BIT_CHOICES` and take the most bits that fit (more bits, less quantization
+   error);
+3. **method**: among the methods of the goal (:data:`GOALS`) that fit, the first in :data:`QUALITY_ORDER`
+   (measured quality at equal steps); the others that fit are the fallback order. When nothing fits,
+   :class:`NothingFitsError` names the smallest budget that would fit, with which method and bits;
+4. **bits**: for a method that takes a per-layer bit plan (``peqa``, ``tuneqdm``), MPQ-Diff
+   (:func:`profiler.mpq.profile_bits`) allocates per-layer weight/activation bits at that average, and the
+   method's memory is re-estimated with the plan itself.
+
+:meth:`Plan.run` fine-tunes with :func:`finetune.run` (resumable), samples before and after, records the
+measured peak beside the estimate and feeds a ProfileRecord into the graph through
+:meth:`~mandc.planner.Planner.feedback`, the one feedback path.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FORMAT = "mandc.Plan"
+VERSION = 1
+
+#: Methods per goal. Subject personalisation learns a token for the user's subject; domain adaptation
+#: changes the denoiser (or adapters on it) for the user's style or domain.
+GOALS = {"domain": ("full", "tuneqdm", "peqa", "qta-lora", "lora"), "subject": ("ti", "zo-ti")}
+
+#: Methods best first by measured held-out loss after fine-tuning at equal steps. Sources (README,
+#: "Measured: memory and quality of the methods"): ``python benchmarks/finetune_memory.py`` (one 60M UNet,
+#: 30 steps: full 0.272 < tuneqdm 0.451 < peqa 0.478 < qta-lora 0.589 < lora 0.599; ti 0.797 < zo-ti 0.821),
+#: ``python benchmarks/finetune_quality.py --seeds 3`` (tuneqdm below peqa on every seed and dataset) and
+#: ``... --zo-variants ti-backprop`` (backprop ti 0.1933 vs zo-ti 0.1947 on photos_cat, 5 seeds).
+QUALITY_ORDER = ("full", "tuneqdm", "peqa", "qta-lora", "lora", "ti", "zo-ti")
+
+#: Weight-bit choices tried for a method with a ``bits`` option, most first.
+BIT_CHOICES = (8, 6, 4, 3, 2)
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_TOP_KEYS = ("version", "dataset", "candidates", "model", "bitplan", "method", "config", "memory", "budget_bytes",
+             "reasons")
+
+
+class PlanError(ValueError):
+    """A plan that cannot be made or read; the message says why in one line."""
+
+
+class NothingFitsError(PlanError):
+    """No method of the goal fits the budget; ``smallest`` is ``(bytes, method, bits)`` of the cheapest option."""
+
+    def __init__(self, msg: str, smallest: tuple[int, str, int | None]):
+        super().__init__(msg)
+        self.smallest = smallest
+
+
+def parse_memory(value) -> int:
+    """Bytes from ``8GiB``, ``8 GB``, ``512MiB``, ``1.5G`` (binary) or a plain number of bytes.
+
+    ``GB``/``MB`` are decimal (10⁹, 10⁶), ``GiB``/``MiB`` and the bare letters ``G``/``M`` binary."""
+    if isinstance(value, bool):
+        raise PlanError(f"memory budget must be a size such as '8GiB', got {value!r}")
+    if isinstance(value, (int, float)):
+        n = float(value)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
+        unit = m.group(2).lower() if m else None
+        if not m or unit not in _UNITS:
+            raise PlanError(f"memory budget {value!r} is not a size: give e.g. 8GiB, 512MiB, 6GB or a number of bytes")
+        n = float(m.group(1)) * _UNITS[unit]
+    if not math.isfinite(n) or n <= 0:
+        raise PlanError(f"memory budget must be positive, got {value!r}")
+    return int(n)
+
+
+def fmt_bytes(n: float | None) -> str:
+    """``1.23 GiB``, ``456.0 MiB``."""
+    if n is None:
+        return "—"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}" if unit == "GiB" else f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+# ------------------------------------------------------------------------------------------ the object
+@dataclass
+class Plan:
+    """Everything decided for one dataset and budget; plain JSON (see :meth:`to_json`).
+
+    ``memory``: ``{method: {"low_bytes", "expected_bytes", "high_bytes", "fits", "bits", "terms"}}`` for every
+    registered method on the chosen model; ``reasons``: why the model and the method were chosen, and why each
+    other method was not; ``result``: filled by :meth:`run`.
+    """
+
+    dataset: dict                 # {"ref", "fingerprint", "name", "n_train", "n_heldout"}
+    candidates: list[dict]        # the ranking: {"rank", "model", "score", "spread", "why", "evidence", ...}
+    model: str
+    bitplan: dict | None
+    method: str
+    config: dict
+    memory: dict
+    budget_bytes: int
+    reasons: list[str]
+    device: str = "cpu"
+    goal: str = "domain"
+    fallback: list[str] = field(default_factory=list)
+    predicted_score: float | None = None
+    recommendation: dict = field(default_factory=dict)   # source, nearest, notes, selector of the ranking
+    graph: str | None = None       # the --graph the plan was made with (None: the default store)
+    created_at: str = ""
+    seconds: float = 0.0
+    result: dict | None = None
+    version: int = VERSION
+
+    # -- JSON -------------------------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {"format": FORMAT, "version": self.version, **{k: v for k, v in d.items() if k != "version"}}
+
+    @classmethod
+    def from_json(cls, d, source: str = "plan") -> "Plan":
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise PlanError(f"{source} is not a mandc plan (expected a JSON object with format {FORMAT!r}; "
+                            "make one with `mandc plan`)")
+        if d.get("version") != VERSION:
+            raise PlanError(f"{source} was written by plan format version {d.get('version')!r}; this mandc reads "
+                            f"version {VERSION}: make the plan again with `mandc plan`")
+        missing = [k for k in _TOP_KEYS if k not in d]
+        if missing:
+            raise PlanError(f"{source} lacks the field(s) {', '.join(missing)}: make the plan again with `mandc plan`")
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        try:
+            plan = cls(**kw)
+        except TypeError as e:
+            raise PlanError(f"{source}: {e}") from None
+        plan._check(source)
+        return plan
+
+    def _check(self, source: str) -> None:
+        types = {"dataset": dict, "candidates": list, "model": str, "method": str, "config": dict, "memory": dict,
+                 "budget_bytes": int, "reasons": list}
+        for k, t in types.items():
+            if not isinstance(getattr(self, k), t) or isinstance(getattr(self, k), bool):
+                raise PlanError(f"{source}: field {k!r} must be a {t.__name__}, got {type(getattr(self, k)).__name__}")
+        if self.bitplan is not None and not isinstance(self.bitplan, dict):
+            raise PlanError(f"{source}: field 'bitplan' must be an object or null")
+        if not isinstance(self.dataset.get("ref"), str):
+            raise PlanError(f"{source}: dataset.ref must be a string")
+        from finetune.methods import METHODS
+
+        if self.method not in METHODS:
+            raise PlanError(f"{source}: method {self.method!r} is not a registered method ({', '.join(METHODS)})")
+
+    def save(self, path) -> Path:
+        """Write ``plan.json`` atomically; returns the path."""
+        from data.io import atomic_write
+
+        return atomic_write(path, json.dumps(self.to_json(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path) -> "Plan":
+        path = Path(path)
+        if path.is_dir():
+            path = path / "plan.json"
+        if not path.is_file():
+            raise PlanError(f"plan file {path} does not exist (make one with `mandc plan DATASET --out DIR`)")
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise PlanError(f"plan file {path} is not valid JSON ({e}); make it again with `mandc plan`") from None
+        return cls.from_json(d, f"plan file {path}")
+
+    # -- views ------------------------------------------------------------------------------------------
+    @property
+    def estimate(self) -> dict:
+        """The chosen method's memory estimate."""
+        return self.memory[self.method]
+
+    def summary(self) -> list[str]:
+        """A few lines for the terminal."""
+        e = self.estimate
+        bits = f" at {e['bits']} bits" if e.get("bits") else ""
+        out = [f"model: {self.model} (predicted score {self.predicted_score:.3f})" if self.predicted_score is not None
+               else f"model: {self.model}",
+               f"method: {self.method}{bits}; estimated peak {fmt_bytes(e['expected_bytes'])} "
+               f"(high {fmt_bytes(e['high_bytes'])}) of a {fmt_bytes(self.budget_bytes)} budget on {self.device}"]
+        if self.bitplan:
+            u = self.bitplan.get("usage") or {}
+            out.append(f"bit plan: {len(self.bitplan.get('layers', {}))} layers, average "
+                       f"{u.get('avg_bits', float('nan')):.2f} weight bits (MPQ-Diff)")
+        if self.fallback:
+            out.append("fallback: " + ", ".join(self.fallback))
+        return out
+
+    # -- running ----------------------------------------------------------------------------------------
+    def run(self, out_dir, *, planner=None, progress: Callable[[int, int], None] | None = None,
+            log: Callable[[str], None] | None = None, resume: bool = True, samples: bool = True) -> dict:
+        """Fine-tune as planned into ``out_dir/run`` and feed the measurement back; returns ``result``.
+
+        The bit plan (if any) is written to ``out_dir/bitplan.json`` and given to the method, which
+        quantizes with it through the one quantizer; ``finetune.run`` resumes an interrupted run. Afterwards
+        ``result`` holds the held-out loss before/after, the measured peak beside the estimate, the loss
+        curve, artefacts, the sample grid and the record's ``job_id``; ``out_dir/plan.json`` and the reports
+        are rewritten.
+        """
+        from mandc.run import run_plan
+
+        return run_plan(self, out_dir, planner=planner, progress=progress, log=log, resume=resume, samples=samples)
+
+
+# ------------------------------------------------------------------------------------------ making one
+def make_plan(planner, dataset, memory="8GiB", device: str = "cuda", goal: str = "domain", candidates=None,
+              steps: int | None = None, token: str | None = None, overrides: dict | None = None,
+              log: Callable[[str], None] | None = None) -> Plan:
+    """See the module docstring. ``token``: the subject's placeholder word (goal ``subject``); ``overrides``:
+    method options for every method that has them (e.g. ``{"lr": 1e-4}``), validated by each method's config."""
+    t0 = time.perf_counter()
+    say = log or (lambda s: None)
+    budget = parse_memory(memory)
+    if goal not in GOALS:
+        raise PlanError(f"goal must be one of {', '.join(GOALS)}, got {goal!r}")
+    if device not in ("cuda", "cpu"):
+        raise PlanError(f"device must be 'cuda' or 'cpu', got {device!r}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise PlanError(f"steps must be a positive integer, got {steps!r}")
+    from finetune.methods import METHODS
+
+    unknown = sorted(k for k in overrides or {} if not any(k in _options(m) for m in METHODS))
+    if unknown:
+        raise PlanError(f"no method has the option(s) {', '.join(unknown)} (see `mandc methods`)")
+
+    from data import load_dataset
+    from data.fingerprint import dataset_fingerprint
+    from mandc.planner import dataset_key
+
+    say(f"plan: reading the dataset {dataset}")
+    ds = dataset if hasattr(dataset, "train") else load_dataset(dataset)
+    ref = dataset_key(dataset) if isinstance(dataset, (str, os.PathLike)) else (ds.ref or ds.name)
+    say("plan: ranking the candidate models (M&C matching graph)")
+    rec = planner.recommend(ds if not isinstance(dataset, (str, os.PathLike)) else dataset, top_k=3)
+    entries = rec.entries
+    if candidates:
+        cands = [c.strip() for c in (candidates.split(",") if isinstance(candidates, str) else candidates) if c.strip()]
+        known = {e.model for e in entries}
+        unknown = [c for c in cands if c not in known]
+        if unknown:
+            raise PlanError(f"candidate(s) {', '.join(unknown)} are not models of the matching graph "
+                            f"(known: {', '.join(sorted(known))}); profile or crawl them first")
+        entries = [e for e in entries if e.model in cands]
+    ranked = _candidates(rec, entries)
+    model = entries[0].model
+    from profiler.reference import ensure_built
+
+    ensure_built([model])  # a zoo model is built on first use (minutes), so that its configs can be read
+    say(f"plan: {model} ranks first; estimating the memory of every method on it")
+
+    memory, configs = estimate_methods(model, goal, steps, token, budget, device, overrides)
+    plans: dict = {}   # one MPQ-Diff profile of the model serves every average (and both plan-taking methods)
+    while True:
+        chosen, reasons, fallback = choose_method(memory, budget, goal)  # NothingFitsError when none is left
+        cfg = configs[chosen]
+        if "plan" not in _options(chosen):
+            bitplan = None
+            break
+        top = memory[chosen]["bits"] or max(BIT_CHOICES)
+        say(f"plan: allocating per-layer bits for {chosen} with MPQ-Diff (at most {top} average weight bits)")
+        bitplan, memory[chosen] = _bitplan_that_fits(model, ds, chosen, cfg, memory[chosen], top, budget, device,
+                                                     plans, say)
+        if bitplan is not None:
+            if "bits" in _options(chosen):
+                cfg = {**cfg, "bits": memory[chosen]["bits"]}
+            break
+        say(f"plan: no MPQ-Diff plan lets {chosen} fit; choosing again")
+    reasons.insert(0, f"model {model}: ranked first of {len(entries)} candidate(s) by the matching graph "
+                      f"({rec.source}; {ranked[0]['why'] or 'no evidence'})")
+    if bitplan is None and memory[chosen].get("bits"):
+        reasons.append(f"{chosen} quantizes uniformly at {memory[chosen]['bits']} bits (it takes no per-layer plan)")
+    plan = Plan(
+        dataset={"ref": ref, "name": ds.name, "fingerprint": dataset_fingerprint(ds), "n_train": len(ds.train),
+                 "n_heldout": len(ds.heldout)},
+        candidates=ranked, model=model, bitplan=bitplan, method=chosen, config=cfg, memory=memory,
+        budget_bytes=budget, reasons=reasons, device=device, goal=goal, fallback=fallback,
+        predicted_score=float(entries[0].score),
+        recommendation={"source": rec.source, "nearest": rec.nearest, "notes": rec.notes, "selector": rec.selector,
+                        "graph": rec.graph},
+        graph=planner.graph_source, created_at=_now(), seconds=round(time.perf_counter() - t0, 2))
+    say(f"plan: {chosen} on {model} ({time.perf_counter() - t0:.1f}s)")
+    return plan
+
+
+def _options(method: str) -> dict:
+    from finetune.methods import get_method
+
+    return get_method(method).Config.help()
+
+
+def method_config(method: str, goal: str, steps: int | None, token: str | None) -> dict:
+    """The overrides a plan gives ``method``: the goal's prompt template and the steps; the rest is the
+    method's paper recipe (its config defaults)."""
+    opts = _options(method)
+    cfg: dict = {}
+    if steps is not None:
+        cfg["steps"] = int(steps)
+    if goal == "subject":
+        cfg["template"] = "a photo of {token}"
+        if token:
+            cfg["placeholder" if "placeholder" in opts else "identifier"] = token
+    return cfg
+
+
+def _bits_key(method: str) -> str | None:
+    opts = _options(method)
+    return "bits" if "bits" in opts else "quant_bits" if "quant_bits" in opts else None
+
+
+def estimate_methods(model: str, goal: str, steps, token, budget: int, device: str,
+                     overrides: dict | None = None) -> tuple[dict, dict]:
+    """``(memory, configs)``: every registered method's estimate on ``model`` (``memory[m]``: low/expected/
+    high bytes, ``fits``, ``bits``, ``terms``) and the config overrides it would run with. A method with a
+    bits option takes the most bits of :data:`BIT_CHOICES` whose high estimate fits (the fewest if none)."""
+    from finetune.estimate import estimate_memory
+    from finetune.methods import METHODS
+
+    memory, configs = {}, {}
+    for m in METHODS:
+        g = goal if m in GOALS[goal] else next(k for k, v in GOALS.items() if m in v)
+        base = method_config(m, g, steps, token)
+        base.update({k: v for k, v in (overrides or {}).items() if k in _options(m)})
+        key = _bits_key(m)
+        choices = [None] if key is None or key == "quant_bits" else list(BIT_CHOICES)
+        best = None
+        for bits in choices:
+            cfg = dict(base) if bits is None else {**base, key: bits}
+            est = estimate_memory(model, m, cfg, device=device)
+            row = _row(est, budget, bits if bits is not None else (_options(m)[key][0] if key else None))
+            best = (row, cfg)
+            if row["fits"]:
+                break
+        memory[m], configs[m] = best
+    return memory, configs
+
+
+def _row(est, budget: int, bits) -> dict:
+    return {"low_bytes": int(est.low_bytes), "expected_bytes": int(est.expected_bytes), "high_bytes": int(est.high_bytes),
+            "fits": bool(est.high_bytes <= budget), "bits": bits, "terms": {k: int(v) for k, v in est.terms.items()}}
+
+
+def choose_method(memory: dict, budget: int, goal: str) -> tuple[str, list[str], list[str]]:
+    """``(method, reasons, fallback)``: the first method of the goal in :data:`QUALITY_ORDER` whose high
+    estimate fits ``budget``; raises :class:`NothingFitsError` naming the smallest budget that would fit."""
+    order = [m for m in QUALITY_ORDER if m in GOALS[goal] and m in memory]
+    fitting = [m for m in order if memory[m]["fits"]]
+    if not fitting:
+        opts = [(memory[m]["high_bytes"], m, memory[m].get("bits")) for m in order]
+        need, m, bits = min(opts)
+        at = f" at {bits} bits" if bits else ""
+        raise NothingFitsError(f"no {goal} method fits in {fmt_bytes(budget)}: the smallest budget that fits is "
+                               f"{fmt_bytes(need)} ({need} bytes), with {m}{at}", (need, m, bits))
+    chosen = fitting[0]
+    e = memory[chosen]
+    reasons = [f"method {chosen}: the best measured quality among the {goal} methods that fit "
+               f"(high estimate {fmt_bytes(e['high_bytes'])} ≤ budget {fmt_bytes(budget)})"]
+    for m in memory:
+        if m == chosen:
+            continue
+        r = memory[m]
+        if m not in GOALS[goal]:
+            reasons.append(f"not {m}: it is a {'subject' if goal == 'domain' else 'domain'} method, the goal is {goal}")
+        elif not r["fits"]:
+            at = f" even at {r['bits']} bits" if r.get("bits") else ""
+            reasons.append(f"not {m}: its high estimate {fmt_bytes(r['high_bytes'])} exceeds the budget{at}")
+        else:
+            reasons.append(f"not {m}: it fits, but {chosen} ranks above it in measured quality (fallback)")
+    return chosen, reasons, fitting[1:]
+
+
+def _bitplan_that_fits(model: str, ds, method: str, cfg: dict, uniform: dict, bits: int, budget: int, device: str,
+                       plans: dict, say) -> tuple[dict | None, dict]:
+    """``(bitplan, memory row)``: MPQ-Diff's plan at the most average weight bits (of :data:`BIT_CHOICES`, at
+    most ``bits``) with which ``method``'s high estimate — now with the plan itself — fits the budget;
+    ``(None, row of the fewest bits)`` when none does (``uniform``'s row, marked as not fitting, when no average is
+    feasible for the model at all). ``plans`` caches the model's plans across calls."""
+    from finetune.estimate import estimate_memory
+
+    if not plans:
+        from finetune.load import load_model
+        from profiler.mpq import profile_bits_at
+
+        plans.update({b: p.to_json() for b, p in profile_bits_at(load_model(model), ds, BIT_CHOICES).items()})
+        if not plans:
+            plans[None] = None  # no average is feasible for this model: remember, do not profile again
+    row = None
+    for b in [b for b in BIT_CHOICES if b <= bits and plans.get(b)]:
+        est = estimate_memory(model, method, {**cfg, "bits": b}, device=device, bitplan=plans[b])
+        row = _row(est, budget, b)
+        if row["fits"]:
+            return plans[b], row
+        say(f"plan: {method} with the {b}-bit plan does not fit ({fmt_bytes(est.high_bytes)})")
+    if row is None:  # no feasible plan at or below these bits: the method cannot be planned
+        row = {**uniform, "fits": False, "note": f"MPQ-Diff finds no feasible plan at or below {bits} average bits"}
+    return None, row
+
+
+def _candidates(rec, entries) -> list[dict]:
+    """The ranking as plain JSON, with each score's evidence spread: the similarity-weighted standard deviation
+    of the model's normalised measured score over the target's nearest profiled datasets."""
+    out = []
+    for rank, e in enumerate(entries, 1):
+        ev = [x for x in e.evidence if x.get("score") is not None]
+        spread = None
+        if len(ev) >= 2:
+            w = [max(x["similarity"], 1e-6) for x in ev]
+            mu = sum(wi * x["score"] for wi, x in zip(w, ev)) / sum(w)
+            spread = round(math.sqrt(sum(wi * (x["score"] - mu) ** 2 for wi, x in zip(w, ev)) / sum(w)), 4)
+        out.append({"rank": rank, "model": e.model, "score": round(float(e.score), 4), "spread": spread,
+                    "measured_loss": e.measured_loss, "probe_loss": e.probe_loss, "why": e.why,
+                    "evidence": e.evidence, "mixture": e.mixture})
+    return out
+
+
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
