@@ -20,7 +20,7 @@
 3. **method**: among the methods of the goal (:data:`GOALS`) that fit, the first in :data:`QUALITY_ORDER`
    (measured quality at equal steps); the others that fit are the fallback order. When nothing fits,
    :class:`NothingFitsError` names the smallest budget that would fit, with which method and bits;
-4. **bits**: for a method that takes a per-layer bit plan (``peqa``, ``tuneqdm``), MPQ-Diff
+4. **bits**: for a method in :data:`PLAN_METHODS` (``peqa``, ``tuneqdm``), MPQ-Diff
    (:func:`profiler.mpq.profile_bits`) allocates per-layer weight/activation bits at that average, and the
    method's memory is re-estimated with the plan itself.
 
@@ -53,6 +53,11 @@ GOALS = {"domain": ("full", "tuneqdm", "peqa", "qta-lora", "lora"), "subject": (
 #: ``python benchmarks/finetune_quality.py --seeds 3`` (tuneqdm below peqa on every seed and dataset) and
 #: ``... --zo-variants ti-backprop`` (backprop ti 0.1933 vs zo-ti 0.1947 on photos_cat, 5 seeds).
 QUALITY_ORDER = ("full", "tuneqdm", "peqa", "qta-lora", "lora", "ti", "zo-ti")
+
+#: Methods the plan gives an MPQ-Diff per-layer bit plan (they train the quantization scales of exactly the
+#: model MPQ-Diff scored). zo-ti and qta-lora accept a plan too, but the planner keeps their papers' INT8
+#: recipe, and the memory estimate models a plan only for these two.
+PLAN_METHODS = ("tuneqdm", "peqa")
 
 #: Weight-bit choices tried for a method with a ``bits`` option, most first.
 BIT_CHOICES = (8, 6, 4, 3, 2)
@@ -282,7 +287,7 @@ def make_plan(planner, dataset, memory="8GiB", device: str = "cuda", goal: str =
     while True:
         chosen, reasons, fallback = choose_method(memory, budget, goal)  # NothingFitsError when none is left
         cfg = configs[chosen]
-        if "plan" not in _options(chosen):
+        if chosen not in PLAN_METHODS:
             bitplan = None
             break
         top = memory[chosen]["bits"] or max(BIT_CHOICES)
@@ -414,7 +419,8 @@ def _bitplan_that_fits(model: str, ds, method: str, cfg: dict, uniform: dict, bi
             plans[None] = None  # no average is feasible for this model: remember, do not profile again
     row = None
     for b in [b for b in BIT_CHOICES if b <= bits and plans.get(b)]:
-        est = estimate_memory(model, method, {**cfg, "bits": b}, device=device, bitplan=plans[b])
+        bits_cfg = {**cfg, "bits": b} if "bits" in _options(method) else cfg
+        est = estimate_memory(model, method, bits_cfg, device=device, bitplan=plans[b])
         row = _row(est, budget, b)
         if row["fits"]:
             return plans[b], row

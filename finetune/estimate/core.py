@@ -141,6 +141,68 @@ def estimate_from_description(desc: dict, method: str, config=None, *, device: s
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     b = int(batch or cfg.batch_size)
     n_img = int(n_images or ENCODE_CHUNK)
+    key = _cache_key(desc, cls, cfg, dev, b, resolution, n_img, notes)
+    hit = _cached(key)
+    if hit is not None:
+        return hit
+    est = _estimate(desc, cls, cfg, dev, b, resolution, n_img, notes)
+    _remember(key, est)
+    return est
+
+
+# The dry run costs seconds (a zoo model) to minutes (SD 1.5) per call, and a planner asks for the same
+# estimates again (each plan, each bit choice): answers are kept per process and on disk, keyed by
+# everything they depend on, this package's and the method's source included.
+_MEMO: dict[str, MemoryEstimate] = {}
+
+
+def _cache_key(desc, cls, cfg, dev, batch, resolution, n_img, notes) -> str:
+    import hashlib
+    import inspect
+    import json
+
+    h = hashlib.sha256()
+    h.update(json.dumps([desc, cls.name, dataclasses.asdict(cfg), dev, batch, resolution, n_img, notes],
+                        sort_keys=True, default=str).encode())
+    for src in sorted(Path(__file__).parent.glob("*.py")) + [Path(inspect.getfile(cls)),
+                                                            Path(inspect.getfile(cls.__mro__[-2]))]:
+        h.update(src.read_bytes())
+    return h.hexdigest()[:32]
+
+
+def _cache_file(key: str) -> Path:
+    from data.io import mandc_home
+
+    return mandc_home() / "cache" / "estimates" / f"{key}.json"
+
+
+def _cached(key: str) -> MemoryEstimate | None:
+    import json
+
+    if key in _MEMO:
+        return copy.deepcopy(_MEMO[key])
+    try:
+        est = MemoryEstimate.from_dict(json.loads(_cache_file(key).read_text()))
+    except (OSError, ValueError, TypeError, KeyError):  # absent, truncated or stale: estimate again
+        return None
+    _MEMO[key] = est
+    return copy.deepcopy(est)
+
+
+def _remember(key: str, est: MemoryEstimate) -> None:
+    import json
+
+    from data.io import atomic_write
+
+    _MEMO[key] = copy.deepcopy(est)
+    try:
+        atomic_write(_cache_file(key), json.dumps(est.to_dict()))
+    except OSError:  # a read-only $MANDC_HOME only loses the cache
+        pass
+
+
+def _estimate(desc, cls, cfg, dev, b, resolution, n_img, notes) -> MemoryEstimate:
+    method = cls.name
 
     fake = FakeTensorMode(allow_non_fake_inputs=True)
     sm = shape_model(desc, fake)

@@ -44,6 +44,12 @@ def _codes(w2d: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int
     return torch.clamp(torch.round(w2d / scale[:, None]) + zero[:, None], 0, 2**bits - 1)
 
 
+def _is_fake(t: torch.Tensor) -> bool:
+    from torch._subclasses.fake_tensor import is_fake
+
+    return is_fake(t)
+
+
 def quantize_weight(weight: torch.Tensor, bits: int, init: str = "clip", symmetric: bool = False,
                     clip_ratios=DEFAULT_CLIP_RATIOS):
     """Quantize a weight per output channel.
@@ -63,7 +69,7 @@ def quantize_weight(weight: torch.Tensor, bits: int, init: str = "clip", symmetr
     if not torch.is_floating_point(weight) or weight.dim() < 2:
         raise ValueError(f"weight must be a float tensor with >= 2 dims, got {weight.dtype} {tuple(weight.shape)}")
     w = weight.detach().reshape(weight.shape[0], -1).float()
-    if not torch.isfinite(w).all():
+    if not _is_fake(w) and not torch.isfinite(w).all():  # a fake tensor (the memory estimate's dry run) has no values
         raise ValueError("weight holds NaN or Inf values; it cannot be quantized")
     lo = w.amin(1).clamp(max=0)
     hi = w.amax(1).clamp(min=0)

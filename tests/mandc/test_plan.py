@@ -102,7 +102,8 @@ def world(tmp_path_factory):
 
 @pytest.fixture
 def store_path(tmp_path, world, monkeypatch):
-    monkeypatch.setenv("MANDC_HOME", str(tmp_path / "home"))
+    # one $MANDC_HOME for the module: its memory-estimate and selector caches serve every test
+    monkeypatch.setenv("MANDC_HOME", str(world["root"] / "home"))
     path = tmp_path / "graph.sqlite"
     Store(path, reference=world["reference"])
     return path
@@ -112,7 +113,7 @@ def _budget_for_quantized_only(plan_memory) -> int:
     """A budget that the best quantized domain method fits and full fine-tuning does not."""
     q = min(plan_memory[m]["high_bytes"] for m in ("tuneqdm", "peqa"))
     assert q < plan_memory["full"]["high_bytes"], "a quantized method must need less than full fine-tuning"
-    return q + (plan_memory["full"]["high_bytes"] - q) // 4
+    return plan_memory["full"]["high_bytes"] - 1
 
 
 def test_plan_round_trip_run_and_feedback(store_path, world, tmp_path):
@@ -132,7 +133,7 @@ def test_plan_round_trip_run_and_feedback(store_path, world, tmp_path):
     assert plan.bitplan and plan.bitplan["format"] == "mandc.bitplan" and plan.bitplan["layers"]
     assert any("MPQ-Diff" in x for x in lines) and any("ranking" in x for x in lines)
     assert plan.dataset["ref"] == TARGET and len(plan.dataset["fingerprint"]) == 16
-    assert [c["model"] for c in plan.candidates][0] == plan.model and plan.predicted_score == plan.candidates[0]["score"]
+    assert [c["model"] for c in plan.candidates][0] == plan.model and plan.predicted_score == pytest.approx(plan.candidates[0]["score"], abs=1e-4)
 
     # JSON round trip: the keys other tools read, and equality after load
     out = tmp_path / "p"
