@@ -579,7 +579,8 @@ def run_cmd(
     """Carry out a plan: quantize, fine-tune, evaluate, update the report and feed the result into the graph."""
     from data import DatasetError
     from finetune.refs import ModelRefError
-    from mandc.plan import Plan, PlanError, fmt_bytes
+    from mandc.plan import Plan, PlanError
+    from mandc.sizes import fmt_bytes
     from mandc.store import StoreError
 
     try:

@@ -40,6 +40,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mandc.sizes import fmt_bytes  # noqa: F401  (re-exported: plans print sizes)
+
 FORMAT = "mandc.Plan"
 VERSION = 1
 
@@ -97,16 +99,6 @@ def parse_memory(value) -> int:
     if not math.isfinite(n) or n <= 0:
         raise PlanError(f"memory budget must be positive, got {value!r}")
     return int(n)
-
-
-def fmt_bytes(n: float | None) -> str:
-    """``1.23 GiB``, ``456.0 MiB``."""
-    if n is None:
-        return "—"
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}" if unit == "GiB" else f"{n / size:.1f} {unit}"
-    return f"{int(n)} B"
 
 
 # ------------------------------------------------------------------------------------------ the object
@@ -221,7 +213,7 @@ class Plan:
         return out
 
     # -- running ----------------------------------------------------------------------------------------
-    def run(self, out_dir, *, planner=None, progress: Callable[[int, int], None] | None = None,
+    def run(self, out_dir, *, graph=None, progress: Callable[[int, int], None] | None = None,
             log: Callable[[str], None] | None = None, resume: bool = True, samples: bool = True) -> dict:
         """Fine-tune as planned into ``out_dir/run`` and feed the measurement back; returns ``result``.
 
@@ -229,11 +221,12 @@ class Plan:
         quantizes with it through the one quantizer; ``finetune.run`` resumes an interrupted run. Afterwards
         ``result`` holds the held-out loss before/after, the measured peak beside the estimate, the loss
         curve, artefacts, the sample grid and the record's ``job_id``; ``out_dir/plan.json`` and the reports
-        are rewritten.
+        are rewritten. ``graph``: where the record goes (a Store, a MatchingGraph or a path, see
+        :func:`mandc.feedback.open_graph`); default the graph the plan was made from (``self.graph``).
         """
         from mandc.run import run_plan
 
-        return run_plan(self, out_dir, planner=planner, progress=progress, log=log, resume=resume, samples=samples)
+        return run_plan(self, out_dir, graph=graph, progress=progress, log=log, resume=resume, samples=samples)
 
 
 # ------------------------------------------------------------------------------------------ making one
@@ -259,7 +252,7 @@ def make_plan(planner, dataset, memory="8GiB", device: str = "cuda", goal: str =
 
     from data import load_dataset
     from data.fingerprint import dataset_fingerprint
-    from mandc.planner import dataset_key
+    from mandc.feedback import dataset_key
 
     say(f"plan: reading the dataset {dataset}")
     ds = dataset if hasattr(dataset, "train") else load_dataset(dataset)
@@ -443,7 +436,7 @@ def _candidates(rec, entries) -> list[dict]:
             spread = round(math.sqrt(sum(wi * (x["score"] - mu) ** 2 for wi, x in zip(w, ev)) / sum(w)), 4)
         out.append({"rank": rank, "model": e.model, "score": round(float(e.score), 4), "spread": spread,
                     "measured_loss": e.measured_loss, "probe_loss": e.probe_loss, "why": e.why,
-                    "evidence": e.evidence, "mixture": e.mixture})
+                    "evidence": e.evidence, "mixture": e.mixture, "description": e.description})
     return out
 
 

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data.io import atomic_write, canonical_json, mandc_home
+from mandc.feedback import dataset_key, feed, graph_of, open_graph
 from mandc.store import DEFAULT_K, Store, StoreError
 
 CACHE_KEEP = 8          # fitted selectors kept in $MANDC_HOME/cache (newest first)
@@ -61,7 +62,7 @@ class RankedModel:
     ``score``: the selector's predicted score (higher is better; a ranking score, comparable only within
     one recommendation) or, for a measured target, the normalised measured score in [0, 1].
     ``evidence``: the model's normalised measured score on each of the target's nearest profiled datasets
-    ``[{"dataset", "similarity", "score", "won"}]``. ``mixture``: its pretraining mixture ``{family: weight}``.
+    ``[{"dataset", "similarity", "score", "won"}]``. ``mixture``: its pretraining mixture ``{family: weight}``; ``description``: its card's description.
     """
 
     model: str
@@ -71,6 +72,7 @@ class RankedModel:
     probe_loss: float | None = None      # zero-shot held-out loss on the target (probe=True)
     evidence: list[dict] = field(default_factory=list)
     mixture: dict[str, float] = field(default_factory=dict)
+    description: str | None = None       # the model card's description (free text from the card: escape it)
 
     @property
     def why(self) -> str:
@@ -235,51 +237,19 @@ class Planner:
         #: the graph this planner reads, as given (a path, or None for the default store): a Plan records it,
         #: so that ``Plan.run`` feeds its measurement into the same graph
         self.graph_source = str(Path(src).expanduser().resolve()) if isinstance(src, (str, os.PathLike)) else None
-        if src is None:
-            self.store = Store()
-        elif isinstance(src, Store):
-            self.store = src
-        elif isinstance(src, (str, os.PathLike)):
-            path = Path(src).expanduser()
-            if not path.is_file():
-                raise StoreError(f"graph file {path} does not exist (give an SQLite store or a JSON export)")
-            if path.suffix.lower() == ".json":
-                self._load_json(path)
-            else:
-                self.store = Store(path)
-        elif hasattr(src, "G") and hasattr(src, "scores"):
-            self._graph = src
+        target = open_graph(src)
+        if isinstance(target, Store):
+            self.store = target
         else:
-            raise TypeError(f"Planner needs a Store, a MatchingGraph, a path or None, got {type(src).__name__}")
+            self._graph = target
         self._cfg = selector_config
         self.cache_dir = None if cache_dir is False else Path(cache_dir) if cache_dir else mandc_home() / "cache"
         self._fitted: dict[str, object] = {}   # in-process cache, same keys as the disk cache
 
-    def _load_json(self, path: Path) -> None:
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            why = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else str(e)
-            raise StoreError(f"cannot read graph JSON {path}: {why}") from None
-        fmt = d.get("format") if isinstance(d, dict) else None
-        if fmt == "mandc.MatchingGraph":
-            from mandc.graph import MatchingGraph
-
-            try:
-                self._graph = MatchingGraph.from_json(d)
-            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
-                raise StoreError(f"{path}: malformed graph JSON ({type(e).__name__}: {e})") from None
-        elif fmt == "mandc.Store":
-            self.store = Store(":memory:", reference=False)
-            self.store.import_json(path)  # its errors name the file
-        else:
-            raise StoreError(f"{path} is neither a store export (format 'mandc.Store') nor a graph JSON "
-                             f"(format 'mandc.MatchingGraph')")
-
     # ------------------------------------------------------------------ graph and selector
     def graph(self):
         """A copy of the current matching graph."""
-        return self.store.graph(self.k) if self.store is not None else self._graph.copy()
+        return graph_of(self.store if self.store is not None else self._graph, self.k)
 
     def _graph_key(self) -> str:
         if self.store is not None:
@@ -485,7 +455,8 @@ class Planner:
                          "won": graph.winner(d) == m} for d, s in near]
             out.append(RankedModel(model=m, rank=rank, score=float(_finite(scores.get(m))),
                                    measured_loss=measured_raw.get(m), probe_loss=probe_losses.get(m),
-                                   evidence=evidence, mixture={f: round(w, 4) for f, w in graph.mixture(m).items()}))
+                                   evidence=evidence, mixture={f: round(w, 4) for f, w in graph.mixture(m).items()},
+                                   description=graph.model_info(m).get("description")))
         return out
 
     # ------------------------------------------------------------------ planning
@@ -508,54 +479,10 @@ class Planner:
         is added first (dataset features computed from the data, the model line from
         ``profiler.modelinfo.describe_model``); a folder dataset is keyed by its absolute path. With a
         plain MatchingGraph (no store) the records are added in memory only."""
-        records = [records] if isinstance(records, dict) else list(records)
-        recs = []
-        for r in records:
-            if not isinstance(r, dict) or not isinstance(r.get("job"), dict):
-                raise ValueError("feedback() takes ProfileRecord dicts (with 'job_id', 'job', 'status', 'metrics'), "
-                                 f"got {str(r)[:120]}")
-            rec = json.loads(json.dumps(r))  # our own copy
-            rec["job"]["dataset"] = dataset_key(rec["job"].get("dataset", ""))
-            rec["job"]["model"] = dataset_key(rec["job"].get("model", ""))  # a folder model: its absolute path too
-            recs.append(rec)
-        graph = None if self.store is not None else self._graph
-        known_models = {m["ref"] for m in self.store.models()} if self.store is not None else set(graph.models)
-        known_data = {d["ref"] for d in self.store.datasets()} if self.store is not None else set(graph.datasets)
-        ok = [r for r in recs if r.get("status") == "ok"]  # a failed record is history: no node is added for it
-        for model in dict.fromkeys(r["job"]["model"] for r in ok if r["job"]["model"] not in known_models):
-            from profiler.modelinfo import describe_model
-
-            line = describe_model(model)
-            if self.store is not None:
-                self.store.add_model(model, line["features"], line["info"], name=line["name"])
-            else:
-                graph.add_model(model, line["features"], line["info"])
-        for ds_ref in dict.fromkeys(r["job"]["dataset"] for r in ok if r["job"]["dataset"] not in known_data):
-            from data import DatasetFeatures, load_dataset
-
-            ds = load_dataset(ds_ref)
-            vec = DatasetFeatures.compute(ds).to_vector()
-            if self.store is not None:
-                self.store.add_dataset(ds_ref, vec, family=ds.family, name=ds.name)
-            else:
-                graph.add_dataset(ds_ref, vec, family=ds.family)
-        if self.store is not None:
-            return self.store.add_records(recs)
-        graph.add_records(ok)
-        return len(recs)
+        return feed(self.store if self.store is not None else self._graph, records)
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def dataset_key(ref) -> str:
-    """The graph's name for a dataset reference: ``builtin:NAME`` as is, a folder as its absolute path
-    (so ``./data`` and ``/home/me/data`` are one node)."""
-    s = os.fspath(ref)
-    if s.startswith("builtin:") or s.startswith("records:"):
-        return s
-    p = Path(s).expanduser()
-    return str(p.resolve()) if p.exists() else s
-
-
 def probe_models(models: list[str], ds) -> tuple[dict[str, float], dict[str, str]]:
     """Zero-shot held-out loss of every locally available candidate on ``ds`` (forward passes only).
 

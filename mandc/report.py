@@ -18,7 +18,7 @@ import io
 import json
 from pathlib import Path
 
-from mandc.plan import fmt_bytes
+from mandc.sizes import fmt_bytes
 
 
 def write_reports(plan, out_dir) -> dict[str, Path]:
@@ -115,7 +115,8 @@ def to_markdown(plan) -> str:
          "| rank | model | score | spread | why |", "|---:|---|---:|---:|---|"]
     for c in plan.candidates:
         sp = "—" if c.get("spread") is None else f"±{c['spread']:.3f}"
-        L.append(f"| {c['rank']} | `{_md(c['model'])}` | {c['score']:.3f} | {sp} | {_md(c.get('why'))} |")
+        desc = f" — {_md(c['description'])}" if c.get("description") else ""
+        L.append(f"| {c['rank']} | `{_md(c['model'])}`{desc} | {c['score']:.3f} | {sp} | {_md(c.get('why'))} |")
     near = plan.recommendation.get("nearest") or []
     if near:
         L += ["", "Nearest profiled datasets: " + ", ".join(
@@ -191,7 +192,8 @@ def to_html(plan, figs: dict[str, bytes] | None = None) -> str:
     for c in plan.candidates:
         sp = "—" if c.get("spread") is None else f"±{c['spread']:.3f}"
         cls = ' class="chosen"' if c["model"] == plan.model else ""
-        H.append(f"<tr{cls}><td class=num>{c['rank']}</td><td><code>{_e(c['model'])}</code></td>"
+        desc = f"<br><small>{_e(c['description'])}</small>" if c.get("description") else ""
+        H.append(f"<tr{cls}><td class=num>{c['rank']}</td><td><code>{_e(c['model'])}</code>{desc}</td>"
                  f"<td class=num>{c['score']:.3f}</td><td class=num>{_e(sp)}</td><td>{_e(c.get('why'))}</td></tr>")
     H.append("</table>")
     near = plan.recommendation.get("nearest") or []

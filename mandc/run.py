@@ -21,7 +21,7 @@ SAMPLE_STEPS = 25    # DDIM steps per sample
 GUIDANCE = 2.0       # classifier-free guidance of the samples (as in `make demo`)
 
 
-def run_plan(plan, out_dir, *, planner=None, progress: Callable[[int, int], None] | None = None,
+def run_plan(plan, out_dir, *, graph=None, progress: Callable[[int, int], None] | None = None,
              log: Callable[[str], None] | None = None, resume: bool = True, samples: bool = True) -> dict:
     """See :meth:`mandc.plan.Plan.run`."""
     import torch
@@ -29,7 +29,8 @@ def run_plan(plan, out_dir, *, planner=None, progress: Callable[[int, int], None
     from data import load_dataset
     from finetune.load import load_model
     from finetune.runner import RESULT, run
-    from mandc.planner import Planner
+    from mandc.feedback import feed, graph_of, open_graph
+    from mandc.store import DEFAULT_K
 
     say = log or (lambda s: None)
     out = Path(out_dir)
@@ -72,8 +73,8 @@ def run_plan(plan, out_dir, *, planner=None, progress: Callable[[int, int], None
         torch.cuda.empty_cache()
 
     record = record_from_result(plan, res, config)
-    planner = planner or Planner(plan.graph)
-    planner.feedback(record)
+    target = open_graph(graph if graph is not None else plan.graph)
+    feed(target, record)
     say(f"run: fed record {record['job_id']} ({plan.model} × {plan.dataset['ref']}) into the matching graph")
     est = plan.memory[plan.method]
     plan.result = {
@@ -88,7 +89,7 @@ def run_plan(plan, out_dir, *, planner=None, progress: Callable[[int, int], None
         "step_s": res.step_s, "trainable_params": res.trainable_params, "resumed_from": res.resumed_from,
         "finished_at": record["finished_at"],
     }
-    plan.result["measured_rank"] = _measured_rank(planner, plan)
+    plan.result["measured_rank"] = _measured_rank(graph_of(target, DEFAULT_K), plan)
     plan.save(out / "plan.json")
     from mandc.report import write_reports
 
@@ -109,9 +110,8 @@ def _mtime(path: Path) -> int | None:
     return path.stat().st_mtime_ns if path.is_file() else None
 
 
-def _measured_rank(planner, plan) -> dict:
-    """Where the chosen model now ranks on the dataset by measurement (among the models measured there)."""
-    g = planner.graph()
+def _measured_rank(g, plan) -> dict:
+    """Where the chosen model now ranks on the dataset ``g`` by measurement (among the models measured there)."""
     ref = plan.dataset["ref"]
     if ref not in g.datasets:
         return {}

@@ -31,13 +31,13 @@ def _truncate(path, keep=0.5):
 @pytest.mark.parametrize("rel", ["unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"])
 @pytest.mark.parametrize("keep", [0.5, 1])  # half the file, or 4 bytes (header too small)
 def test_truncated_weights_in_model_folder_is_one_line_naming_it(model_dir, tmp_path, rel, keep):
-    from finetune.model import T2IModel
+    from finetune.load import load_model
 
     folder = tmp_path / "m"
     shutil.copytree(model_dir, folder)
     _truncate(folder / rel, keep)
     with pytest.raises(ModelRefError) as e:
-        T2IModel.from_pretrained(folder)
+        load_model(str(folder))
     msg = str(e.value)
     assert "\n" not in msg and str(folder / rel) in msg and "truncated or corrupt" in msg
     assert "download the model again" in msg

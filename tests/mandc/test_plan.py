@@ -146,7 +146,7 @@ def test_plan_round_trip_run_and_feedback(store_path, world, tmp_path):
     assert Plan.load(path).to_json() == plan.to_json()
 
     # run: fine-tune as planned, the peak beside the estimate, a record in the graph
-    res = Plan.load(path).run(out, planner=Planner(store_path))
+    res = Plan.load(path).run(out, graph=store_path)
     assert res["steps"] == 3 and res["measured_peak_bytes"] > 0
     assert res["estimate_high_bytes"] == plan.memory[plan.method]["high_bytes"]
     assert res["within_high"] == (res["measured_peak_bytes"] <= res["estimate_high_bytes"])

@@ -109,11 +109,12 @@ def test_scale_methods_start_from_the_scored_model(scored, method, form):
             torch.testing.assert_close(model.denoise(x, t, cond), want, rtol=0, atol=0)
 
 
-def test_finetune_run_saves_the_scored_model_before_training(scored, tmp_path):
-    """Through the runner (steps=0): the saved quantized denoiser equals mandc quantize's saved layers."""
+def test_finetune_run_keeps_the_scored_models_frozen_parts(scored, tmp_path):
+    """Through the runner (one step: only the scale deltas train): the saved quantized denoiser's frozen parts
+    (integer codes, zero points, base scales, activation scales, biases) equal mandc quantize's."""
     base, path, _, weights = scored
     model = with_denoiser(base, copy.deepcopy(base.denoiser))
-    res = run(model, DATA, "tuneqdm", {"plan": str(path), "steps": 0, "checkpoint_every": 0}, tmp_path,
+    res = run(model, DATA, "tuneqdm", {"plan": str(path), "steps": 1, "checkpoint_every": 0}, tmp_path,
               evaluate_loss=False)
     with safe_open(weights, "pt") as a, safe_open(res.artefacts["quantized_denoiser"], "pt") as b:
         shared = [k for k in a.keys() if k.rsplit(".", 1)[1] in ("qweight", "zero_point", "s_out", "a_scale", "bias")]
