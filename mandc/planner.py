@@ -21,7 +21,7 @@ seeded from the shipped reference), a store/graph JSON file, or a :class:`~mandc
    config, the selection code and the library versions, so an unchanged graph is fitted once — and
    predicts a score per model (higher is better). The predictions for every dataset node of the graph
    are cached beside it (``predictions-<key>.json``), so ``recommend("builtin:NAME")`` on an unchanged
-   graph is answered without importing torch, PyG or LightGBM;
+   graph is answered without importing torch, PyG or LightGBM (both caches: :mod:`mandc.cache`);
 4. explains each model: its measured score on the target's nearest profiled datasets (and where it was
    the best) and its pretraining mixture.
 
@@ -40,18 +40,16 @@ import hashlib
 import json
 import math
 import os
-import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data.io import atomic_write, canonical_json, mandc_home
+from data.io import canonical_json
+from mandc.cache import SelectorCache, selector_key
 from mandc.feedback import dataset_key, feed, graph_of, open_graph
 from mandc.store import DEFAULT_K, Store, StoreError
 
-CACHE_KEEP = 8          # fitted selectors kept in $MANDC_HOME/cache (newest first)
 NEAREST = 3             # profiled datasets quoted as evidence per recommendation
-_SELECTION_CODE = ("graph.py", "embed.py", "select.py")  # their source is part of the cache key
 
 
 # ------------------------------------------------------------------------------------------ the result
@@ -243,8 +241,8 @@ class Planner:
         else:
             self._graph = target
         self._cfg = selector_config
-        self.cache_dir = None if cache_dir is False else Path(cache_dir) if cache_dir else mandc_home() / "cache"
-        self._fitted: dict[str, object] = {}   # in-process cache, same keys as the disk cache
+        #: fitted selectors and their predictions (:mod:`mandc.cache`)
+        self.cache = SelectorCache(cache_dir)
 
     # ------------------------------------------------------------------ graph and selector
     def graph(self):
@@ -267,47 +265,15 @@ class Planner:
             cfg = SelectorConfig(**cfg)
         return dataclasses.replace(cfg, probe=probe) if cfg.probe != probe else cfg
 
-    def _cache_key(self, cfg) -> str:
-        import importlib.metadata as md
-
-        h = hashlib.sha256()
-        h.update(self._graph_key().encode())
-        h.update(canonical_json(dataclasses.asdict(cfg)).encode())
-        here = Path(__file__).parent
-        for name in _SELECTION_CODE:  # a code change must not reuse a selector fitted by the old code
-            p = here / name
-            h.update(p.read_bytes() if p.is_file() else b"-")
-        for dist in ("lightgbm", "torch", "torch_geometric", "scikit-learn", "numpy"):
-            try:
-                h.update(f"{dist}={md.version(dist)}".encode())
-            except md.PackageNotFoundError:
-                pass
-        return h.hexdigest()[:32]
-
     def fitted_selector(self, graph, cfg, key: str | None = None) -> tuple[object, bool]:
         """``(selector, from_cache)``: the :class:`~mandc.select.Selector` fitted on ``graph`` (the
         planner's current graph), from memory, the disk cache, or fitted now and cached."""
-        key = key or self._cache_key(cfg)
-        if key in self._fitted:
-            return self._fitted[key], True
-        path = self.cache_dir / f"selector-{key}.pkl" if self.cache_dir is not None else None
-        if path is not None and path.is_file():
-            try:
-                with open(path, "rb") as f:
-                    sel = pickle.load(f)
-                self._fitted[key] = sel
-                os.utime(path)  # newest-used first when pruning
-                return sel, True
-            except Exception:  # a stale or truncated cache file is refitted, never trusted
-                pass
-        from mandc.select import Selector
+        def fit():
+            from mandc.select import Selector
 
-        sel = Selector(cfg).fit(graph)
-        self._fitted[key] = sel
-        if path is not None:
-            atomic_write(path, pickle.dumps(sel, protocol=pickle.HIGHEST_PROTOCOL))
-            self._prune()
-        return sel, False
+            return Selector(cfg).fit(graph)
+
+        return self.cache.selector(key or selector_key(self._graph_key(), cfg), fit)
 
     def _predict(self, base, graph, ref: str, cfg, probe_losses: dict) -> tuple[dict[str, float], bool, dict]:
         """``(scores, from_cache, fitted)`` for target ``ref``; ``fitted`` is what the selector's fit chose
@@ -318,17 +284,12 @@ class Planner:
         fully profiled are written to ``predictions-<key>.json`` (``{"predictions": {ref: scores},
         "fitted": ...}``): later calls — in any process — answer from that file without importing torch,
         PyG or LightGBM. Probe predictions are never cached."""
-        key = self._cache_key(cfg)
-        path = self.cache_dir / f"predictions-{key}.json" if self.cache_dir is not None else None
+        key = selector_key(self._graph_key(), cfg)
         in_base = ref in base.datasets
-        if in_base and not cfg.probe and path is not None and path.is_file():
-            try:
-                cached = json.loads(path.read_text())
-                if ref in cached["predictions"]:
-                    os.utime(path)
-                    return cached["predictions"][ref], True, cached["fitted"]
-            except (OSError, ValueError, KeyError, TypeError):
-                pass
+        if in_base and not cfg.probe:
+            hit = self.cache.predictions(key, ref)
+            if hit is not None:
+                return hit[0], True, hit[1]
         sel, from_cache = self.fitted_selector(base, cfg, key)
         fitted = sel.fitted_summary()
         if cfg.probe:
@@ -338,17 +299,8 @@ class Planner:
         models = set(base.models)
         todo = [d for d in base.datasets if d == ref or not set(base.scores(d)) >= models]
         preds = {d: sel.predict(base, d) for d in todo}
-        if path is not None:
-            atomic_write(path, json.dumps({"predictions": preds, "fitted": fitted}).encode())
-            self._prune()
+        self.cache.save_predictions(key, preds, fitted)
         return preds[ref], from_cache, fitted
-
-    def _prune(self) -> None:
-        """Keep the ``CACHE_KEEP`` most recently used fitted selectors and prediction files."""
-        for pattern in ("selector-*.pkl", "predictions-*.json"):
-            files = sorted(self.cache_dir.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
-            for p in files[CACHE_KEEP:]:
-                p.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ the target
     def _target(self, dataset, graph) -> tuple[str, object, bool]:
