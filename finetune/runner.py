@@ -124,7 +124,8 @@ def evaluate(model, method, heldout, batch_size: int) -> float:
 def run(model, dataset, method: str, config: MethodConfig | dict | None = None, out_dir: str | os.PathLike = "out",
         *, device: str | torch.device | None = None, evaluate_loss: bool = True, resume: bool = True,
         force: bool = False, progress: Callable[[int, int], None] | None = None,
-        progress_text: Callable[[str], None] | None = None) -> FinetuneResult:
+        progress_text: Callable[[str], None] | None = None,
+        trained: Callable[[object], None] | None = None) -> FinetuneResult:
     """Fine-tune ``model`` on ``dataset`` with ``method``; see the module docstring.
 
     Args:
@@ -137,6 +138,9 @@ def run(model, dataset, method: str, config: MethodConfig | dict | None = None, 
         progress: called as ``progress(done_steps, total_steps)``.
         progress_text: called once with the line saying what was done to the images (resized, cropped,
             upscaled, converted), also kept in ``result.images``.
+        trained: called with the trained ``T2IModel`` once the result is written (e.g. to sample from it
+            when ``model`` was a reference, which keeps its loading inside the meter); not called when
+            ``result.json`` answers without training.
     """
     from data import load_dataset
     from data.pixels import image_account
@@ -217,6 +221,8 @@ def run(model, dataset, method: str, config: MethodConfig | dict | None = None, 
         resumed_from=start, versions=_versions(), images=images)
     atomic_write(out / RESULT, json.dumps({**result.to_dict(), "fingerprint": fp}, indent=2))
     ckpt.unlink(missing_ok=True)
+    if trained is not None:
+        trained(model)
     return result
 
 

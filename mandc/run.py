@@ -28,7 +28,7 @@ def run_plan(plan, out_dir, *, graph=None, progress: Callable[[int, int], None] 
 
     from data import load_dataset
     from finetune.load import load_model
-    from finetune.runner import RESULT, run
+    from finetune.runner import run
     from mandc.feedback import feed, graph_of, open_graph
     from mandc.store import DEFAULT_K
 
@@ -50,25 +50,30 @@ def run_plan(plan, out_dir, *, graph=None, progress: Callable[[int, int], None] 
     if fp != plan.dataset.get("fingerprint"):
         say(f"run: note: the dataset's contents changed since the plan was made (fingerprint {fp} ≠ "
             f"{plan.dataset.get('fingerprint')}); running on what is there now")
-    model = load_model(plan.model)
-    model.ref = plan.model  # finetune.run keys its resume fingerprint on the reference
     prompts = list(ds.heldout.captions[:SAMPLES])
-    stamp = _mtime(run_dir / RESULT)
-    before = model.sample(prompts, steps=SAMPLE_STEPS, seed=0, guidance_scale=GUIDANCE) if samples else []
-    say(f"run: fine-tuning with {plan.method} ({config.get('steps', 'default')} steps) into {run_dir}")
-    res = run(model, ds, plan.method, config, run_dir, resume=resume, progress=progress)
-    cached = stamp is not None and _mtime(run_dir / RESULT) == stamp  # result.json answered: nothing trained now
     grid = out / "samples.png"
-    if samples and not cached:
-        from finetune.images import save_grid
+    after: list = []
+
+    def sample_trained(model) -> None:  # the trained model, before finetune.run releases it
         from finetune.runner import resolve_config
 
         cfg = resolve_config(plan.method, config)
         token = getattr(cfg, "placeholder", None) or cfg.identifier
-        after = model.sample([cfg.template.format(caption=c, token=token) for c in prompts], steps=SAMPLE_STEPS,
-                             seed=0, guidance_scale=GUIDANCE)
+        after.extend(model.sample([cfg.template.format(caption=c, token=token) for c in prompts],
+                                  steps=SAMPLE_STEPS, seed=0, guidance_scale=GUIDANCE))
+
+    say(f"run: fine-tuning with {plan.method} ({config.get('steps', 'default')} steps) into {run_dir}")
+    # finetune.run loads the model itself, inside its memory meter, so the measured peak counts the weights as
+    # the estimate does (a model loaded and sampled here first would sit below the meter's baseline)
+    res = run(plan.model, ds, plan.method, config, run_dir, resume=resume, progress=progress,
+              trained=sample_trained if samples else None)
+    if after:  # trained now (not answered by an earlier result.json): the base model's samples beside them
+        from finetune.images import save_grid
+
+        base = load_model(plan.model)
+        before = base.sample(prompts, steps=SAMPLE_STEPS, seed=0, guidance_scale=GUIDANCE)
         save_grid(before + after, grid, nrow=len(prompts))
-    del model
+        del base
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
@@ -104,10 +109,6 @@ def record_from_result(plan, res, config: dict) -> dict:
 
     job = ProfileJob(plan.model, plan.dataset["ref"], plan.method, dict(config), int(res.config.get("seed", 0)))
     return record_from_result(job, res).to_dict()
-
-
-def _mtime(path: Path) -> int | None:
-    return path.stat().st_mtime_ns if path.is_file() else None
 
 
 def _measured_rank(g, plan) -> dict:

@@ -63,3 +63,13 @@ def test_bad_dataset_and_method(small_data, tmp_path):
     with pytest.raises(ValueError, match="unknown fine-tuning method"):
         run(tiny_model(), small_data, "no-such-method", CFG, tmp_path)
     assert not (tmp_path / RESULT).exists()
+
+
+def test_trained_hook_gets_the_trained_model_and_is_skipped_for_a_saved_result(small_data, tmp_path):
+    model = tiny_model()
+    seen = []
+    run(model, small_data, "lora", CFG, tmp_path, trained=seen.append)
+    assert seen == [model] and any("lora" in n for n, _ in model.denoiser.named_parameters())  # adapted in place
+    again = []
+    run(tiny_model(), small_data, "lora", CFG, tmp_path, trained=again.append)
+    assert again == []  # result.json answered: nothing was trained, so there is no trained model to hand over
