@@ -10,8 +10,11 @@
 
 :func:`make_plan` (what :meth:`mandc.planner.Planner.plan` calls):
 
-1. **model**: :meth:`~mandc.planner.Planner.recommend` ranks the candidates (all models of the graph, or
-   the ``candidates`` given); the best-ranked candidate is chosen;
+1. **model**: :meth:`~mandc.planner.Planner.recommend` ranks the candidates (all models of the graph, the
+   ``candidates`` given, or with ``crawl`` the store's crawled Hub models filtered by size and license,
+   :func:`mandc.hub.select.crawled_candidates`); each gets a memory verdict from its description alone
+   (:func:`candidate_memory`: configs and safetensors headers, for a Hub model read from the Hub without
+   downloading weights), and the best-ranked candidate that fits is chosen (``shortlist``: those that fit);
 2. **memory**: :func:`finetune.estimate.estimate_memory` estimates every registered method on that model
    from its configs and safetensors headers (no weights loaded): low / expected / high peak bytes. A method
    *fits* when its **high** estimate is within the budget. Quantizing methods are estimated at every
