@@ -518,7 +518,8 @@ def _annotate(planner, ranked: list[dict]) -> None:
         for e in planner.store.lineage():
             edges.setdefault(e["model"], []).append({"base": e["base"], "relation": e["relation"]})
     else:
-        infos = {c["model"]: planner.graph().model_info(c["model"]) for c in ranked} if ranked else {}
+        graph = planner.graph()
+        infos = {c["model"]: graph.model_info(c["model"]) for c in ranked}
     for c in ranked:
         info = infos.get(c["model"], {})
         hub = info.get("hub") or {}

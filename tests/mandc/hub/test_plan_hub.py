@@ -163,3 +163,22 @@ def test_candidates_hub_ref_without_revision_names_the_crawled_node(crawled):
     assert plan.shortlist == [c["model"] for c in plan.candidates] and plan.model == plan.shortlist[0]
     assert all(c["memory"]["fits"] and c["memory"]["method"] == "ti" for c in plan.candidates)
     assert _downloads(hub) == []
+
+
+def test_report_escapes_license_lineage_and_verdicts(tmp_path):
+    from mandc.plan import Plan
+    from mandc.report import write_reports
+
+    row = {"low_bytes": 1, "expected_bytes": 2, "high_bytes": 3, "fits": True, "bits": None, "terms": {}}
+    cand = {"rank": 1, "model": "hub:<b>o</b>/m@1", "score": 0.5, "spread": None, "why": "", "evidence": [],
+            "license": "<script>alert('lic')</script>", "params": 1000, "params_of": "all components",
+            "lineage": [{"base": "hub:<img src=x onerror=alert(1)>", "relation": "finetune"}],
+            "memory": {"method": "ti", "bits": None, "high_bytes": 3, "expected_bytes": 2, "fits": True}, "feasible": True}
+    plan = Plan.from_json({"format": "mandc.Plan", "version": 1, "dataset": {"ref": "builtin:x", "fingerprint": "0"},
+                           "candidates": [cand], "shortlist": [cand["model"]], "model": cand["model"], "bitplan": None,
+                           "method": "ti", "config": {}, "memory": {"ti": row}, "budget_bytes": 10, "reasons": []})
+    paths = write_reports(plan, tmp_path)
+    for text in (paths["html"].read_text(), paths["markdown"].read_text()):
+        assert "<script>" not in text and "<img src=x" not in text and "<b>o</b>" not in text
+        assert "&lt;script&gt;alert(&#x27;lic&#x27;)&lt;/script&gt;" in text and "finetune of hub:&lt;img" in text
+        assert "Shortlist" in text and "ti: high 3 B" in text
