@@ -47,3 +47,14 @@ def corrupt_weight_files(folder: str | Path) -> list[tuple[Path, str]]:
         if why:
             out.append((p, why))
     return out
+
+
+def component_safetensors(files: list[str], comp: str) -> list[str]:
+    """The safetensors files of pipeline component ``comp`` among a repo's ``files`` (paths relative to the
+    repo): the plain ones (sharded or not), else one variant's (``fp16``...), the alphabetically first."""
+    st = [f for f in files if f.startswith(f"{comp}/") and f.count("/") == 1 and f.endswith(".safetensors")]
+    plain = [f for f in st if Path(f).name.count(".") == 1]
+    if plain:
+        return plain
+    variants = sorted({Path(f).name.split(".")[-2] for f in st})
+    return [f for f in st if Path(f).name.split(".")[-2] == variants[0]] if variants else []

@@ -535,7 +535,14 @@ def plan_cmd(
                              "(learn a token for your subject)."),
     token: Optional[str] = typer.Option(None, "--token", help="The subject's placeholder word (goal subject), e.g. sks."),
     candidates: Optional[str] = typer.Option(None, "--candidates", help="Comma-separated model refs of the graph to "
-                                             "choose from (default: every model of the graph)."),
+                                             "choose from (default: every model of the graph); hub:org/name names "
+                                             "its crawled node."),
+    crawl: bool = typer.Option(False, "--crawl", help="Choose among the crawled Hub models of the store "
+                               "(`mandc hub crawl`); filter with --max-params and --license."),
+    max_params: Optional[str] = typer.Option(None, "--max-params", help="With --crawl: at most this many parameters "
+                                             "in all components (safetensors headers), e.g. 1e9 or 800M."),
+    license_: Optional[list[str]] = typer.Option(None, "--license", help="With --crawl: only models under this "
+                                                 "license (repeatable or a comma list), e.g. mit,apache-2.0."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Fine-tuning steps (default: the method's recipe)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="A method option as KEY=VALUE for every method that "
                                              "has it, e.g. lr=1e-4 (repeatable; see `mandc methods`)."),
@@ -554,7 +561,8 @@ def plan_cmd(
         _fail(f"--out {out_dir} exists and is not a folder")
     try:
         plan = Planner(graph).plan(dataset, memory=memory, device=device, goal=goal, candidates=candidates,
-                                   steps=steps, token=token, overrides=_parse_plan_sets(set_), log=_stage)
+                                   steps=steps, token=token, overrides=_parse_plan_sets(set_), log=_stage,
+                                   crawl=crawl, max_params=max_params, licenses=license_)
     except (PlanError, StoreError, ValueError, KeyError, FileNotFoundError) as e:  # DatasetError, ModelRefError
         _fail(str(e))
     out_dir.mkdir(parents=True, exist_ok=True)

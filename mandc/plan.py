@@ -10,8 +10,11 @@
 
 :func:`make_plan` (what :meth:`mandc.planner.Planner.plan` calls):
 
-1. **model**: :meth:`~mandc.planner.Planner.recommend` ranks the candidates (all models of the graph, or
-   the ``candidates`` given); the best-ranked candidate is chosen;
+1. **model**: :meth:`~mandc.planner.Planner.recommend` ranks the candidates (all models of the graph, the
+   ``candidates`` given, or with ``crawl`` the store's crawled Hub models filtered by size and license,
+   :func:`mandc.hub.select.crawled_candidates`); each gets a memory verdict from its description alone
+   (:func:`candidate_memory`: configs and safetensors headers, for a Hub model read from the Hub without
+   downloading weights), and the best-ranked candidate that fits is chosen (``shortlist``: those that fit);
 2. **memory**: :func:`finetune.estimate.estimate_memory` estimates every registered method on that model
    from its configs and safetensors headers (no weights loaded): low / expected / high peak bytes. A method
    *fits* when its **high** estimate is within the budget. Quantizing methods are estimated at every
@@ -112,7 +115,8 @@ class Plan:
     """
 
     dataset: dict                 # {"ref", "fingerprint", "name", "n_train", "n_heldout"}
-    candidates: list[dict]        # the ranking: {"rank", "model", "score", "spread", "why", "evidence", ...}
+    candidates: list[dict]        # the ranking: {"rank", "model", "score", "spread", "why", "evidence", "license",
+    #                               "lineage", "params", "memory", "feasible", ...}
     model: str
     bitplan: dict | None
     method: str
@@ -123,6 +127,7 @@ class Plan:
     device: str = "cpu"
     goal: str = "domain"
     fallback: list[str] = field(default_factory=list)
+    shortlist: list[str] = field(default_factory=list)   # the ranked candidates whose memory verdict fits
     predicted_score: float | None = None
     recommendation: dict = field(default_factory=dict)   # source, nearest, notes, selector of the ranking
     graph: str | None = None       # the --graph the plan was made with (None: the default store)
@@ -210,6 +215,9 @@ class Plan:
                        f"{u.get('avg_bits', float('nan')):.2f} weight bits (MPQ-Diff)")
         if self.fallback:
             out.append("fallback: " + ", ".join(self.fallback))
+        if len(self.candidates) > 1:
+            out.append(f"shortlist: {len(self.shortlist)} of {len(self.candidates)} candidates fit "
+                       f"({', '.join(self.shortlist) or 'none'})")
         return out
 
     # -- running ----------------------------------------------------------------------------------------
@@ -232,9 +240,14 @@ class Plan:
 # ------------------------------------------------------------------------------------------ making one
 def make_plan(planner, dataset, memory="8GiB", device: str = "cuda", goal: str = "domain", candidates=None,
               steps: int | None = None, token: str | None = None, overrides: dict | None = None,
-              log: Callable[[str], None] | None = None) -> Plan:
+              log: Callable[[str], None] | None = None, crawl: bool = False, max_params=None,
+              licenses=None) -> Plan:
     """See the module docstring. ``token``: the subject's placeholder word (goal ``subject``); ``overrides``:
-    method options for every method that has them (e.g. ``{"lr": 1e-4}``), validated by each method's config."""
+    method options for every method that has them (e.g. ``{"lr": 1e-4}``), validated by each method's config.
+    ``candidates``: model refs of the graph (``hub:org/name`` without a revision names its crawled node);
+    ``crawl``: the candidates are the store's crawled Hub models, filtered by ``max_params`` (total parameters
+    from the headers, e.g. ``1e9`` or ``"800M"``) and ``licenses`` (a list or a comma list), see
+    :func:`mandc.hub.select.crawled_candidates`."""
     t0 = time.perf_counter()
     say = log or (lambda s: None)
     budget = parse_memory(memory)
@@ -250,6 +263,22 @@ def make_plan(planner, dataset, memory="8GiB", device: str = "cuda", goal: str =
     if unknown:
         raise PlanError(f"no method has the option(s) {', '.join(unknown)} (see `mandc methods`)")
 
+    if crawl:
+        if candidates:
+            raise PlanError("give either candidates (--candidates) or crawl (--crawl), not both")
+        from mandc.hub.select import crawled_candidates
+
+        if planner.store is None:
+            raise PlanError("crawl (--crawl) reads the crawled Hub models of a graph store; this planner has a "
+                            "plain matching graph")
+        try:
+            candidates = crawled_candidates(planner.store, max_params=max_params, licenses=licenses)
+        except ValueError as e:
+            raise PlanError(str(e)) from None
+    elif max_params is not None or licenses:
+        raise PlanError("max_params/licenses (--max-params, --license) filter the crawled Hub models: add crawl "
+                        "(--crawl)")
+
     from data import load_dataset
     from data.fingerprint import dataset_fingerprint
     from mandc.feedback import dataset_key
@@ -263,17 +292,17 @@ def make_plan(planner, dataset, memory="8GiB", device: str = "cuda", goal: str =
     if candidates:
         cands = [c.strip() for c in (candidates.split(",") if isinstance(candidates, str) else candidates) if c.strip()]
         known = {e.model for e in entries}
-        unknown = [c for c in cands if c not in known]
+        wanted = {m for c in cands for m in _matching(c, known)}
+        unknown = [c for c in cands if not _matching(c, known)]
         if unknown:
             raise PlanError(f"candidate(s) {', '.join(unknown)} are not models of the matching graph "
                             f"(known: {', '.join(sorted(known))}); profile or crawl them first")
-        entries = [e for e in entries if e.model in cands]
+        entries = [e for e in entries if e.model in wanted]
     ranked = _candidates(rec, entries)
-    model = entries[0].model
-    from profiler.reference import ensure_built
-
-    ensure_built([model])  # a zoo model is built on first use (minutes), so that its configs can be read
-    say(f"plan: {model} ranks first; estimating the memory of every method on it")
+    _annotate(planner, ranked)
+    say(f"plan: estimating the memory of {len(ranked)} candidate(s) from their configs and headers")
+    model, skipped = _first_feasible(ranked, goal, steps, token, budget, device, overrides, say)
+    say(f"plan: {model} is the best-ranked candidate that fits; estimating the memory of every method on it")
 
     memory, configs = estimate_methods(model, goal, steps, token, budget, device, overrides)
     plans: dict = {}   # one MPQ-Diff profile of the model serves every average (and both plan-taking methods)
@@ -292,16 +321,23 @@ def make_plan(planner, dataset, memory="8GiB", device: str = "cuda", goal: str =
                 cfg = {**cfg, "bits": memory[chosen]["bits"]}
             break
         say(f"plan: no MPQ-Diff plan lets {chosen} fit; choosing again")
-    reasons.insert(0, f"model {model}: ranked first of {len(entries)} candidate(s) by the matching graph "
-                      f"({rec.source}; {ranked[0]['why'] or 'no evidence'})")
+    top = next(c for c in ranked if c["model"] == model)
+    if not skipped:
+        reasons.insert(0, f"model {model}: ranked first of {len(entries)} candidate(s) by the matching graph "
+                          f"({rec.source}; {top['why'] or 'no evidence'})")
+    else:
+        reasons.insert(0, f"model {model}: ranked {top['rank']} of {len(entries)} candidate(s) by the matching graph "
+                          f"({rec.source}; {top['why'] or 'no evidence'}), the best-ranked whose {goal} methods fit "
+                          f"the budget; above it: " + "; ".join(skipped))
     if bitplan is None and memory[chosen].get("bits"):
         reasons.append(f"{chosen} quantizes uniformly at {memory[chosen]['bits']} bits (it takes no per-layer plan)")
     plan = Plan(
         dataset={"ref": ref, "name": ds.name, "fingerprint": dataset_fingerprint(ds), "n_train": len(ds.train),
                  "n_heldout": len(ds.heldout)},
-        candidates=ranked, model=model, bitplan=bitplan, method=chosen, config=cfg, memory=memory,
+        candidates=ranked, shortlist=[c["model"] for c in ranked if c.get("feasible")], model=model,
+        bitplan=bitplan, method=chosen, config=cfg, memory=memory,
         budget_bytes=budget, reasons=reasons, device=device, goal=goal, fallback=fallback,
-        predicted_score=float(entries[0].score),
+        predicted_score=float(top["score"]),
         recommendation={"source": rec.source, "nearest": rec.nearest, "notes": rec.notes, "selector": rec.selector,
                         "graph": rec.graph},
         graph=planner.graph_source, created_at=_now(), seconds=round(time.perf_counter() - t0, 2))
@@ -334,31 +370,67 @@ def _bits_key(method: str) -> str | None:
     return "bits" if "bits" in opts else "quant_bits" if "quant_bits" in opts else None
 
 
-def estimate_methods(model: str, goal: str, steps, token, budget: int, device: str,
+def estimate_methods(model, goal: str, steps, token, budget: int, device: str,
                      overrides: dict | None = None) -> tuple[dict, dict]:
     """``(memory, configs)``: every registered method's estimate on ``model`` (``memory[m]``: low/expected/
     high bytes, ``fits``, ``bits``, ``terms``) and the config overrides it would run with. A method with a
-    bits option takes the most bits of :data:`BIT_CHOICES` whose high estimate fits (the fewest if none)."""
-    from finetune.estimate import estimate_memory
+    bits option takes the most bits of :data:`BIT_CHOICES` whose high estimate fits (the fewest if none).
+    ``model``: what :func:`finetune.estimate.estimate_memory` takes (a ref, a description)."""
     from finetune.methods import METHODS
 
     memory, configs = {}, {}
     for m in METHODS:
-        g = goal if m in GOALS[goal] else next(k for k, v in GOALS.items() if m in v)
-        base = method_config(m, g, steps, token)
-        base.update({k: v for k, v in (overrides or {}).items() if k in _options(m)})
-        key = _bits_key(m)
-        choices = [None] if key is None or key == "quant_bits" else list(BIT_CHOICES)
-        best = None
-        for bits in choices:
-            cfg = dict(base) if bits is None else {**base, key: bits}
-            est = estimate_memory(model, m, cfg, device=device)
-            row = _row(est, budget, bits if bits is not None else (_options(m)[key][0] if key else None))
-            best = (row, cfg)
-            if row["fits"]:
-                break
-        memory[m], configs[m] = best
+        memory[m], configs[m] = method_estimate(model, m, goal, steps, token, budget, device, overrides)
     return memory, configs
+
+
+def method_estimate(model, method: str, goal: str, steps, token, budget: int, device: str,
+                    overrides: dict | None = None) -> tuple[dict, dict]:
+    """``(row, config overrides)`` of one method on ``model``: at the most bits of :data:`BIT_CHOICES` whose high
+    estimate fits, else at the fewest. The fewest bits are tried first, so a method that cannot fit costs one
+    estimate; estimates are cached (:mod:`finetune.estimate.core`)."""
+    from finetune.estimate import estimate_memory
+
+    g = goal if method in GOALS[goal] else next(k for k, v in GOALS.items() if method in v)
+    base = method_config(method, g, steps, token)
+    base.update({k: v for k, v in (overrides or {}).items() if k in _options(method)})
+    key = _bits_key(method)
+    if key is None or key == "quant_bits":
+        est = estimate_memory(model, method, base, device=device)
+        return _row(est, budget, _options(method)[key][0] if key else None), base
+    fewest = BIT_CHOICES[-1]
+    cfg = {**base, key: fewest}
+    row = _row(estimate_memory(model, method, cfg, device=device), budget, fewest)
+    if not row["fits"]:
+        return row, cfg
+    for bits in BIT_CHOICES[:-1]:
+        c = {**base, key: bits}
+        r = _row(estimate_memory(model, method, c, device=device), budget, bits)
+        if r["fits"]:
+            return r, c
+    return row, cfg
+
+
+def candidate_memory(model, goal: str, steps, token, budget: int, device: str,
+                     overrides: dict | None = None) -> dict:
+    """One candidate's memory verdict from its description alone (configs + safetensors headers, nothing
+    loaded or downloaded): ``{"method", "bits", "high_bytes", "expected_bytes", "fits"}`` of the goal's method
+    :func:`choose_method` would take on it, or, when none fits, of its cheapest option (``fits`` False). Only
+    the goal's methods are estimated, best quality first, stopping at the first that fits."""
+    from finetune.methods import METHODS
+
+    rows: dict = {}
+    for m in (m for m in QUALITY_ORDER if m in GOALS[goal] and m in METHODS):
+        rows[m] = method_estimate(model, m, goal, steps, token, budget, device, overrides)[0]
+        if rows[m]["fits"]:
+            break
+    try:
+        m = choose_method(rows, budget, goal)[0]
+    except NothingFitsError as e:
+        m = e.smallest[1]
+    r = rows[m]
+    return {"method": m, "bits": r["bits"], "high_bytes": r["high_bytes"], "expected_bytes": r["expected_bytes"],
+            "fits": r["fits"]}
 
 
 def _row(est, budget: int, bits) -> dict:
@@ -421,6 +493,101 @@ def _bitplan_that_fits(model: str, ds, method: str, cfg: dict, uniform: dict, bi
     if row is None:  # no feasible plan at or below these bits: the method cannot be planned
         row = {**uniform, "fits": False, "note": f"MPQ-Diff finds no feasible plan at or below {bits} average bits"}
     return None, row
+
+
+def _matching(candidate: str, known: set[str]) -> list[str]:
+    """The graph's models a candidate names: itself, or for ``hub:org/name`` without a revision its crawled
+    node(s) ``hub:org/name@sha``."""
+    if candidate in known:
+        return [candidate]
+    if candidate.startswith("hub:") and "@" not in candidate:
+        return sorted(k for k in known if k.startswith(candidate + "@"))
+    return []
+
+
+def _annotate(planner, ranked: list[dict]) -> None:
+    """Each candidate's ``license``, ``lineage`` (``[{"base", "relation"}]``: the store's typed lineage edges,
+    else the card's ``base_model`` or the zoo parent) and ``params`` (all components from the safetensors
+    headers for a crawled model, else the denoiser's), from the graph's model lines."""
+    from mandc.hub.crawl import lineage_edges
+    from mandc.hub.select import total_params
+
+    edges: dict[str, list[dict]] = {}
+    if planner.store is not None:
+        infos = {m["ref"]: m.get("info") or {} for m in planner.store.models()}
+        for e in planner.store.lineage():
+            edges.setdefault(e["model"], []).append({"base": e["base"], "relation": e["relation"]})
+    else:
+        graph = planner.graph()
+        infos = {c["model"]: graph.model_info(c["model"]) for c in ranked}
+    for c in ranked:
+        info = infos.get(c["model"], {})
+        hub = info.get("hub") or {}
+        lineage = edges.get(c["model"])
+        if lineage is None and hub:
+            lineage = lineage_edges({k: hub.get(k) for k in ("base_model", "base_model_relation")}, hub.get("tags") or [])
+        if lineage is None and info.get("parent"):
+            parent = str(info["parent"])
+            lineage = [{"base": parent if ":" in parent else f"zoo:{parent}", "relation": "finetune"}]
+        n = total_params(info)
+        c.update(license=hub.get("license") or info.get("license"), lineage=lineage or [],
+                 params=n if n is not None else info.get("params"),
+                 params_of="all components" if n is not None else "denoiser")
+
+
+def _first_feasible(ranked: list[dict], goal: str, steps, token, budget: int, device: str, overrides,
+                    say) -> tuple[str, list[str]]:
+    """``(model, skipped)``: the best-ranked candidate whose memory verdict (:func:`candidate_memory`, from its
+    description alone) fits, and one line per better-ranked candidate that does not. Sets each candidate's
+    ``memory`` and ``feasible``; a zoo model not built yet is built only when it is reached before a feasible
+    one (else ``memory`` None, ``feasible`` None: not estimated). Raises :class:`NothingFitsError` naming the
+    smallest budget that fits over all candidates."""
+    from finetune.zoo import is_built
+    from profiler.reference import ensure_built
+
+    chosen, skipped = None, []
+    for c in ranked:
+        m = c["model"]
+        try:
+            unbuilt = m.startswith("zoo:") and not is_built(m[4:])
+        except ValueError:  # an unknown zoo name: the estimate below says so
+            unbuilt = False
+        if unbuilt and chosen is not None:
+            c.update(memory=None, feasible=None, memory_note="not estimated: a zoo model not built yet (it is "
+                                                             "built when it is the best-ranked candidate left)")
+            continue
+        if unbuilt:
+            ensure_built([m])  # a zoo model is built on first use (minutes), so that its configs can be read
+        try:
+            c["memory"] = candidate_memory(m, goal, steps, token, budget, device, overrides)
+        except (ValueError, OSError) as e:  # a Hub repo that is gated, gone or unreachable; a bad folder
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            c.update(memory=None, feasible=False, memory_note=f"cannot be estimated: {why}")
+            if chosen is None:
+                skipped.append(f"{m} cannot be estimated ({why})")
+            continue
+        r = c["memory"]
+        c["feasible"] = bool(r["fits"])
+        at = f" at {r['bits']} bits" if r.get("bits") else ""
+        say(f"plan: {m}: {r['method']}{at}, high estimate {fmt_bytes(r['high_bytes'])} "
+            f"({'fits' if r['fits'] else 'does not fit'})")
+        if chosen is None:
+            if r["fits"]:
+                chosen = m
+            else:
+                skipped.append(f"{m} does not fit (no {goal} method does; the cheapest, {r['method']}{at}, needs "
+                               f"{fmt_bytes(r['high_bytes'])})")
+    if chosen is not None:
+        return chosen, skipped
+    opts = [(c["memory"]["high_bytes"], c["memory"]["method"], c["memory"]["bits"], c["model"])
+            for c in ranked if c.get("memory")]
+    if not opts:
+        raise PlanError("no candidate model can be estimated: " + "; ".join(skipped))
+    need, m, bits, model = min(opts)
+    at = f" at {bits} bits" if bits else ""
+    on = f"on {model}" if len(ranked) == 1 else f"on any of the {len(ranked)} candidates"
+    raise NothingFitsError(f"no {goal} method fits in {fmt_bytes(budget)} {on}: the smallest budget that fits is "
+                           f"{fmt_bytes(need)} ({need} bytes), with {m}{at} on {model}", (need, m, bits))
 
 
 def _candidates(rec, entries) -> list[dict]:

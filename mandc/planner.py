@@ -413,16 +413,21 @@ class Planner:
 
     # ------------------------------------------------------------------ planning
     def plan(self, dataset, memory="8GiB", device: str = "cuda", goal: str = "domain", candidates=None,
-             steps: int | None = None, token: str | None = None, overrides: dict | None = None, log=None):
+             steps: int | None = None, token: str | None = None, overrides: dict | None = None, log=None,
+             crawl: bool = False, max_params=None, licenses=None):
         """The :class:`~mandc.plan.Plan` for ``dataset`` under a ``memory`` budget (``"8GiB"``, bytes): model,
         per-layer bits, method and config, and every method's memory estimate (see :mod:`mandc.plan`).
         ``goal``: ``"domain"`` (adapt the denoiser) or ``"subject"`` (learn a token, ``token``);
         ``candidates``: restrict the models (refs of the graph); ``steps``: the method's steps (default its
-        recipe); ``overrides``: method options such as ``{"lr": 1e-4}``; ``log``: called with one line per stage."""
+        recipe); ``overrides``: method options such as ``{"lr": 1e-4}``; ``log``: called with one line per stage;
+        ``crawl``: the candidates are the store's crawled Hub models, filtered by ``max_params`` (total, from the
+        headers) and ``licenses``. Every candidate gets a memory verdict from its configs and headers alone, and
+        the best-ranked one that fits is chosen (``plan.shortlist``: the ranked candidates that fit)."""
         from mandc.plan import make_plan
 
         return make_plan(self, dataset, memory=memory, device=device, goal=goal, candidates=candidates, steps=steps,
-                         token=token, overrides=overrides, log=log)
+                         token=token, overrides=overrides, log=log, crawl=crawl, max_params=max_params,
+                         licenses=licenses)
 
     # ------------------------------------------------------------------ feedback
     def feedback(self, records) -> int:

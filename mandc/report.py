@@ -2,7 +2,8 @@
 
 Sections (each an ``<section id=...>`` in the HTML, a ``##`` heading in Markdown): ``leaderboard`` (the
 ranking with predicted score, evidence spread and the evidence: nearest profiled datasets and where each
-model won), ``memory`` (every method's low/expected/high estimate against the budget, as a table and a bar
+model won; per candidate its license, lineage and memory verdict against the budget, and the shortlist of
+the candidates that fit), ``memory`` (every method's low/expected/high estimate against the budget, as a table and a bar
 chart with the budget line; the measured peak after a run), ``bits`` (the per-layer bit-width plot),
 ``method`` (the chosen method, its config and why; why each other method was not chosen), and after
 :meth:`~mandc.plan.Plan.run` ``run`` (loss curve, before/after samples, predicted vs measured).
@@ -39,6 +40,28 @@ def _e(x) -> str:
 def _md(x) -> str:
     """A Markdown table cell: HTML-escaped, pipes and newlines neutralised."""
     return _e(x).replace("|", "&#124;").replace("\n", " ")
+
+
+def _lineage_text(c) -> str:
+    """``finetune of hub:a/b; adapter of hub:c/d`` (unescaped), or ``—``."""
+    edges = c.get("lineage") or []
+    return "; ".join(f"{e.get('relation')} of {e.get('base')}" for e in edges) or "—"
+
+
+def _fit_text(c, budget: int) -> str:
+    """A candidate's memory verdict against the budget (unescaped)."""
+    r = c.get("memory")
+    if not r:
+        return c.get("memory_note") or "not estimated"
+    at = f" at {r['bits']} bits" if r.get("bits") else ""
+    verdict = "fits" if r["fits"] else "does not fit"
+    return (f"{r['method']}{at}: high {fmt_bytes(r['high_bytes'])} (expected {fmt_bytes(r['expected_bytes'])}) "
+            f"of {fmt_bytes(budget)}, {verdict}")
+
+
+def _params_text(c) -> str:
+    n = c.get("params")
+    return "—" if not n else f"{n / 1e6:.3g}M ({c.get('params_of') or 'denoiser'})"
 
 
 # ------------------------------------------------------------------------------------------ figures
@@ -112,11 +135,18 @@ def to_markdown(plan) -> str:
          f"Chosen: **{_md(plan.model)}** with **{_md(plan.method)}**.", "", "## Leaderboard", "",
          f"Ranking: {_md(plan.recommendation.get('source', 'predicted'))} (higher score is better; spread: "
          "similarity-weighted spread of the model's measured scores on the nearest profiled datasets).", "",
-         "| rank | model | score | spread | why |", "|---:|---|---:|---:|---|"]
+         "| rank | model | score | spread | why | license | lineage | params | memory (best method that fits) |",
+         "|---:|---|---:|---:|---|---|---|---:|---|"]
     for c in plan.candidates:
         sp = "—" if c.get("spread") is None else f"±{c['spread']:.3f}"
         desc = f" — {_md(c['description'])}" if c.get("description") else ""
-        L.append(f"| {c['rank']} | `{_md(c['model'])}`{desc} | {c['score']:.3f} | {sp} | {_md(c.get('why'))} |")
+        L.append(f"| {c['rank']} | `{_md(c['model'])}`{desc} | {c['score']:.3f} | {sp} | {_md(c.get('why'))} | "
+                 f"{_md(c.get('license') or '—')} | {_md(_lineage_text(c))} | {_md(_params_text(c))} | "
+                 f"{_md(_fit_text(c, plan.budget_bytes))} |")
+    if any("memory" in c for c in plan.candidates):
+        L += ["", f"Shortlist (ranked candidates whose memory estimate, from configs and safetensors headers alone, "
+                  f"fits {fmt_bytes(plan.budget_bytes)}): "
+              + (", ".join(f"`{_md(m)}`" for m in plan.shortlist) or "none")]
     near = plan.recommendation.get("nearest") or []
     if near:
         L += ["", "Nearest profiled datasets: " + ", ".join(
@@ -188,14 +218,23 @@ def to_html(plan, figs: dict[str, bytes] | None = None) -> str:
          '<section id="leaderboard"><h2>Leaderboard</h2>',
          f"<p>Ranking {_e(plan.recommendation.get('source', 'predicted'))}; higher score is better. Spread: the "
          "similarity-weighted spread of the model's measured scores on the nearest profiled datasets.</p>",
-         "<table><tr><th>rank</th><th>model</th><th>score</th><th>spread</th><th>evidence</th></tr>"]
+         "<table><tr><th>rank</th><th>model</th><th>score</th><th>spread</th><th>evidence</th><th>license</th>"
+         "<th>lineage</th><th>params</th><th>memory (best method that fits)</th></tr>"]
     for c in plan.candidates:
         sp = "—" if c.get("spread") is None else f"±{c['spread']:.3f}"
         cls = ' class="chosen"' if c["model"] == plan.model else ""
         desc = f"<br><small>{_e(c['description'])}</small>" if c.get("description") else ""
+        fit = c.get("feasible")
+        fit_cls = "" if fit is None else ' class="yes"' if fit else ' class="no"'
         H.append(f"<tr{cls}><td class=num>{c['rank']}</td><td><code>{_e(c['model'])}</code>{desc}</td>"
-                 f"<td class=num>{c['score']:.3f}</td><td class=num>{_e(sp)}</td><td>{_e(c.get('why'))}</td></tr>")
+                 f"<td class=num>{c['score']:.3f}</td><td class=num>{_e(sp)}</td><td>{_e(c.get('why'))}</td>"
+                 f"<td>{_e(c.get('license') or '—')}</td><td>{_e(_lineage_text(c))}</td>"
+                 f"<td class=num>{_e(_params_text(c))}</td><td{fit_cls}>{_e(_fit_text(c, plan.budget_bytes))}</td></tr>")
     H.append("</table>")
+    if any("memory" in c for c in plan.candidates):
+        H.append(f'<p id="shortlist">Shortlist (ranked candidates whose memory estimate, from configs and safetensors '
+                 f"headers alone, fits {_e(fmt_bytes(plan.budget_bytes))}): "
+                 + (", ".join(f"<code>{_e(m)}</code>" for m in plan.shortlist) or "none") + "</p>")
     near = plan.recommendation.get("nearest") or []
     if near:
         H.append("<p>Nearest profiled datasets: " + ", ".join(

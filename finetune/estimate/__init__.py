@@ -8,7 +8,8 @@ See :mod:`finetune.estimate.core` for the terms and :mod:`finetune.estimate.dryr
 """
 from finetune.estimate.core import (BAND, DEVICE_OFFSET, SLACK, MemoryEstimate, estimate_from_description,
                                     estimate_memory)
-from finetune.estimate.describe import describe_components, describe_model, read_safetensors_header
+from finetune.estimate.describe import (describe_components, describe_hub, describe_model,
+                                        read_safetensors_header)
 
 __all__ = ["MemoryEstimate", "estimate_memory", "estimate_from_description", "describe_components",
-           "describe_model", "read_safetensors_header", "DEVICE_OFFSET", "SLACK", "BAND"]
+           "describe_hub", "describe_model", "read_safetensors_header", "DEVICE_OFFSET", "SLACK", "BAND"]

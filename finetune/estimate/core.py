@@ -33,7 +33,7 @@ from pathlib import Path
 
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from finetune.estimate.describe import describe_components, describe_model, tensor_bytes
+from finetune.estimate.describe import describe_components, describe_hub, describe_model, tensor_bytes
 from finetune.estimate.dryrun import dry_encode, dry_steps, module_bytes, prepare_, shape_model
 
 MiB = 2**20
@@ -78,7 +78,8 @@ class MemoryEstimate:
 
 
 def _resolve_description(model) -> dict:
-    """A description from a ``T2IModel``, a description dict, a folder or ``zoo:NAME`` (already built)."""
+    """A description from a ``T2IModel``, a description dict, a folder, ``zoo:NAME`` (already built) or a Hub
+    reference ``hub:org/name[@rev]`` / ``org/name`` (:func:`describe_hub`: configs and headers only)."""
     if isinstance(model, dict):
         return model
     if hasattr(model, "denoiser") and hasattr(model, "pipeline"):
@@ -94,8 +95,16 @@ def _resolve_description(model) -> dict:
         return describe_components(zoo_path(name))
     if Path(ref).is_dir():
         return describe_components(ref)
-    raise ValueError(f"cannot estimate memory for {ref!r}: not a folder, a built zoo:NAME, a T2IModel or a "
-                     "description (Hub models: describe them first, then call estimate_from_description)")
+    from finetune.refs import ModelRefError, parse_model_ref
+
+    try:
+        parsed = parse_model_ref(ref)
+    except ModelRefError:
+        parsed = None
+    if parsed is not None and parsed.kind == "hub":  # configs + ranged header reads; no weights downloaded
+        return describe_hub(parsed.value, parsed.revision)
+    raise ValueError(f"cannot estimate memory for {ref!r}: not a folder, a built zoo:NAME, a Hub model "
+                     "(hub:org/name[@rev]), a T2IModel or a description")
 
 
 def estimate_memory(model, method: str, config=None, *, device: str = "cpu", batch: int | None = None,
@@ -104,7 +113,9 @@ def estimate_memory(model, method: str, config=None, *, device: str = "cpu", bat
     """Estimate the peak memory of fine-tuning ``model`` with ``method`` (see module doc).
 
     Args:
-        model: a diffusers folder, ``zoo:NAME`` (only if built: nothing is built here), a loaded
+        model: a diffusers folder, ``zoo:NAME`` (only if built: nothing is built here), a Hub model
+            ``hub:org/name[@rev]`` (described from its configs and safetensors headers, see
+            :func:`finetune.estimate.describe.describe_hub`: no weight is downloaded), a loaded
             ``T2IModel`` (not yet prepared by a method), or a description (:func:`describe_components`).
             A folder is read through its configs and safetensors headers only.
         method: a registered method name.

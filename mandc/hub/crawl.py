@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from finetune.weightfiles import component_safetensors
 from mandc.store import LINEAGE_RELATIONS
 
 #: Files never fetched or loaded: they unpickle code.
@@ -211,7 +212,7 @@ class Crawler:
         den = "unet" if "unet" in comps else "transformer" if "transformer" in comps else None
         if den is None:
             raise _Skip("pipeline has neither a unet nor a transformer", {"hub": hub}, lineage)
-        weights = {c: _weight_files(files, c) for c in comps}
+        weights = {c: component_safetensors(files, c) for c in comps}
         if not weights[den]:
             pickles = [f for f in files if f.startswith(f"{den}/") and f.endswith(PICKLE_SUFFIXES)]
             why = f"pickle-only weights ({', '.join(pickles)}): never loaded" if pickles else \
@@ -283,16 +284,6 @@ def lineage_edges(card: dict, tags: list[str]) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def _weight_files(files: list[str], comp: str) -> list[str]:
-    """The component's safetensors files: the plain ones (sharded or not), else a variant's (fp16...)."""
-    st = [f for f in files if f.startswith(f"{comp}/") and f.count("/") == 1 and f.endswith(".safetensors")]
-    plain = [f for f in st if Path(f).name.count(".") == 1]
-    if plain:
-        return plain
-    variants = sorted({Path(f).name.split(".")[-2] for f in st})
-    return [f for f in st if Path(f).name.split(".")[-2] == variants[0]] if variants else []
-
-
 def _retry_delay(e: BaseException, backoff: float) -> float | None:
     """Seconds to wait before retrying after ``e``, or None when ``e`` is not worth retrying."""
     import httpx2

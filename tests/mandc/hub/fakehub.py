@@ -14,7 +14,9 @@ and headers:
   401 for a private repo, 403 + ``X-Error-Code: GatedRepo`` for a gated repo's files.
 
 Faults are injected per (method, path substring): a status with headers (429 + ``Retry-After``, 5xx) or
-a delay (a slow response), each a bounded number of ``times``. Every request is logged in ``requests``.
+a delay (a slow response), each a bounded number of ``times``. Every request is logged in ``requests``;
+every file request in ``file_reads`` as ``(method, "ORG/NAME/PATH", Range header or None)``, so a test can
+tell a header read (ranged GET) from a download (GET of the whole file).
 """
 from __future__ import annotations
 
@@ -92,6 +94,7 @@ class FakeHub:
         self.repos: dict[str, Repo] = {}
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str]] = []
+        self.file_reads: list[tuple[str, str, str | None]] = []
         self.page_size = page_size
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -240,6 +243,8 @@ def _handler(hub: FakeHub):
             f = repo.files().get(rel)
             if f is None:
                 return self._error(404, "EntryNotFound", f"{rel} does not exist on {rev}", head)
+            with hub._lock:
+                hub.file_reads.append((self.command, f"{repo_id}/{rel}", self.headers.get("Range")))
             data = f.read_bytes()
             headers = {"ETag": f'"{hashlib.sha256(data).hexdigest()}"', "X-Repo-Commit": repo.sha,
                        "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream",
