@@ -319,6 +319,8 @@ def make_plan(planner, dataset, memory="8GiB", device: str = "cuda", goal: str =
         if bitplan is not None:
             if "bits" in _options(chosen):
                 cfg = {**cfg, "bits": memory[chosen]["bits"]}
+            # the reasons again, so they quote the estimate with the plan (the row the report shows)
+            _, reasons, fallback = choose_method(memory, budget, goal)  # same choice: the row still fits
             break
         say(f"plan: no MPQ-Diff plan lets {chosen} fit; choosing again")
     top = next(c for c in ranked if c["model"] == model)

@@ -128,6 +128,9 @@ def test_plan_round_trip_run_and_feedback(store_path, world, tmp_path):
     lines: list[str] = []
     plan = planner.plan(TARGET, memory=budget, device="cpu", steps=3, log=lines.append)
     assert plan.method in ("tuneqdm", "peqa"), plan.reasons
+    # the reason quotes the estimate with the bit plan, the row the report shows
+    assert any(r.startswith(f"method {plan.method}:") and fmt_bytes(plan.memory[plan.method]["high_bytes"]) in r
+               for r in plan.reasons), plan.reasons
     assert not plan.memory["full"]["fits"] and plan.memory[plan.method]["high_bytes"] <= budget
     assert plan.memory[plan.method]["bits"] in BIT_CHOICES and plan.config["bits"] == plan.memory[plan.method]["bits"]
     assert plan.bitplan and plan.bitplan["format"] == "mandc.bitplan" and plan.bitplan["layers"]
