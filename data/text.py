@@ -20,6 +20,9 @@ import numpy as np
 
 MINILM_DIM = 384
 MAX_TOKENS = 128  # the sentence-transformers max_seq_length of all-MiniLM-L6-v2
+#: up to this many captions are embedded on one intra-op thread: the matrices are small, and on a busy
+#: 2-core machine two threads made 100 captions 6x slower (1.9 s vs 0.3 s, measured side by side)
+ONE_THREAD_CAPTIONS = 512
 
 
 def minilm_path() -> Path:
@@ -93,13 +96,19 @@ def embed_captions(captions: list[str], batch_size: int = 256) -> np.ndarray:
 
     tok, cfg, w = _minilm()
     out = []
-    with torch.no_grad():
-        for i in range(0, len(captions), batch_size):
-            enc = tok.encode_batch(list(captions[i : i + batch_size]))
-            ids = torch.tensor([e.ids for e in enc], dtype=torch.long)
-            mask = torch.tensor([e.attention_mask for e in enc], dtype=torch.long)
-            h = _bert(ids, mask, cfg, w)  # [B, L, 384]
-            m = mask.unsqueeze(-1).to(h.dtype)
-            e = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
-            out.append(torch.nn.functional.normalize(e, dim=-1))
+    threads = torch.get_num_threads()
+    if len(captions) <= ONE_THREAD_CAPTIONS:
+        torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            for i in range(0, len(captions), batch_size):
+                enc = tok.encode_batch(list(captions[i : i + batch_size]))
+                ids = torch.tensor([e.ids for e in enc], dtype=torch.long)
+                mask = torch.tensor([e.attention_mask for e in enc], dtype=torch.long)
+                h = _bert(ids, mask, cfg, w)  # [B, L, 384]
+                m = mask.unsqueeze(-1).to(h.dtype)
+                e = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
+                out.append(torch.nn.functional.normalize(e, dim=-1))
+    finally:
+        torch.set_num_threads(threads)
     return torch.cat(out).numpy()
