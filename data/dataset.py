@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from PIL import Image
 
 
@@ -62,11 +61,13 @@ class ImageTextDataset:
         idx = list(idx)
         return ImageTextDataset([self.images[i] for i in idx], [self.captions[i] for i in idx], self.name)
 
-    def to_tensor(self, size: int | None = None) -> torch.Tensor:
+    def to_tensor(self, size: int | None = None) -> "torch.Tensor":  # noqa: F821
         """Pixels as a float tensor of shape ``[N, 3, size, size]`` scaled to ``[-1, 1]``.
 
         ``size`` defaults to the first image's height; non-square images are centre-cropped.
         """
+        import torch  # here, not at the top: reading a folder and its cached features needs no torch
+
         if not self.images:
             return torch.zeros(0, 3, size or 0, size or 0)
         size = size or self.images[0].size[1]

@@ -21,7 +21,9 @@ seeded from the shipped reference), a store/graph JSON file, or a :class:`~mandc
    config, the selection code and the library versions, so an unchanged graph is fitted once — and
    predicts a score per model (higher is better). The predictions for every dataset node of the graph
    are cached beside it (``predictions-<key>.json``), so ``recommend("builtin:NAME")`` on an unchanged
-   graph is answered without importing torch, PyG or LightGBM (both caches: :mod:`mandc.cache`);
+   graph is answered without importing torch, PyG or LightGBM (both caches: :mod:`mandc.cache`). A
+   folder's features are cached by its content hash and its predictions by its feature vector, so a
+   repeated ``recommend(folder)`` on an unchanged graph reads no image and imports none of them either;
 4. explains each model: its measured score on the target's nearest profiled datasets (and where it was
    the best) and its pretraining mixture.
 
@@ -45,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data.io import canonical_json
-from mandc.cache import SelectorCache, selector_key
+from mandc.cache import FeaturesCache, SelectorCache, features_key, selector_key
 from mandc.feedback import dataset_key, feed, graph_of, open_graph
 from mandc.store import DEFAULT_K, Store, StoreError
 
@@ -223,8 +225,8 @@ class Planner:
             ``MatchingGraph.to_json()``) or an SQLite store file.
         selector_config: a ``SelectorConfig`` (or a dict of its fields); default ``SelectorConfig()``.
         k: similarity edges per dataset when the graph is built from a store.
-        cache_dir: where fitted selectors and their predictions are cached (default ``$MANDC_HOME/cache``);
-            ``False`` disables the disk cache.
+        cache_dir: where fitted selectors, their predictions and folders' features are cached (default
+            ``$MANDC_HOME/cache``); ``False`` disables the disk cache.
     """
 
     def __init__(self, graph_or_store=None, selector_config=None, k: int = DEFAULT_K, cache_dir=None):
@@ -243,6 +245,8 @@ class Planner:
         self._cfg = selector_config
         #: fitted selectors and their predictions (:mod:`mandc.cache`)
         self.cache = SelectorCache(cache_dir)
+        #: folders' DatasetFeatures by content hash (:mod:`mandc.cache`)
+        self.features_cache = FeaturesCache(cache_dir)
 
     # ------------------------------------------------------------------ graph and selector
     def graph(self):
@@ -275,7 +279,7 @@ class Planner:
 
         return self.cache.selector(key or selector_key(self._graph_key(), cfg), fit)
 
-    def _predict(self, base, graph, ref: str, cfg, probe_losses: dict) -> tuple[dict[str, float], bool, dict]:
+    def _predict(self, base, graph, ref: str, cfg, probe_losses: dict, vector=None) -> tuple[dict[str, float], bool, dict]:
         """``(scores, from_cache, fitted)`` for target ``ref``; ``fitted`` is what the selector's fit chose
         (:meth:`~mandc.select.Selector.fitted_summary`: boosting rounds, probe weight).
 
@@ -283,11 +287,16 @@ class Planner:
         depends only on the cache key, so after a fit the predictions of *all* such nodes that are not
         fully profiled are written to ``predictions-<key>.json`` (``{"predictions": {ref: scores},
         "fitted": ...}``): later calls — in any process — answer from that file without importing torch,
-        PyG or LightGBM. Probe predictions are never cached."""
+        PyG or LightGBM. A target that is not a node (a folder: ``vector`` is its feature vector) is cached
+        in ``targets-<key>.json`` by ref and vector. Probe predictions are never cached."""
         key = selector_key(self._graph_key(), cfg)
         in_base = ref in base.datasets
         if in_base and not cfg.probe:
             hit = self.cache.predictions(key, ref)
+            if hit is not None:
+                return hit[0], True, hit[1]
+        if not in_base and not cfg.probe and vector is not None:
+            hit = self.cache.target_predictions(key, ref, vector)
             if hit is not None:
                 return hit[0], True, hit[1]
         sel, from_cache = self.fitted_selector(base, cfg, key)
@@ -295,7 +304,10 @@ class Planner:
         if cfg.probe:
             return sel.predict(graph, ref, probe=probe_losses), from_cache, fitted
         if not in_base:
-            return sel.predict(graph, ref), from_cache, fitted
+            scores = sel.predict(graph, ref)
+            if vector is not None:
+                self.cache.save_target_predictions(key, ref, vector, scores, fitted)
+            return scores, from_cache, fitted
         models = set(base.models)
         todo = [d for d in base.datasets if d == ref or not set(base.scores(d)) >= models]
         preds = {d: sel.predict(base, d) for d in todo}
@@ -303,9 +315,13 @@ class Planner:
         return preds[ref], from_cache, fitted
 
     # ------------------------------------------------------------------ the target
-    def _target(self, dataset, graph) -> tuple[str, object, bool]:
-        """``(ref, loaded SplitDataset or None, added)``: the target's node ref in ``graph``, adding the
-        node (similarity edges only) when the graph does not have it."""
+    def _target(self, dataset, graph) -> tuple[str, object, bool, dict]:
+        """``(ref, loaded SplitDataset or None, added, info)``: the target's node ref in ``graph``, adding the
+        node (similarity edges only) when the graph does not have it. ``info`` (for an added target):
+        ``{"vector", "n_train", "images_line" (a folder's image account, else None), "features_cached"}``.
+
+        A folder's features come from :class:`~mandc.cache.FeaturesCache` when its content hash is known:
+        then the folder is neither decoded nor embedded (and torch is not imported for it)."""
         ds = None
         if isinstance(dataset, (str, os.PathLike)):  # checked first: a known builtin needs no torch import
             ref = dataset_key(dataset)
@@ -318,14 +334,32 @@ class Planner:
             ds = dataset
             ref = dataset.ref if dataset.ref and not dataset.ref.startswith("records:") else f"records:{dataset.name}"
         if ref in graph.datasets:
-            return ref, ds, False
+            return ref, ds, False, {}
+        key = None
+        if ds is None and not ref.startswith(("builtin:", "records:")) and Path(ref).is_dir():
+            key = features_key(ref)
+            hit = self.features_cache.get(key)
+            if hit is not None:
+                feats, info = hit
+                vec = feats.to_vector()
+                graph.add_dataset(ref, vec, family=None)  # a folder has no family
+                return ref, None, True, {**info, "vector": vec, "features_cached": True}
         from data import DatasetFeatures, load_dataset
 
         if ds is None:
             ds = load_dataset(ref)
-        vec = DatasetFeatures.compute(ds).to_vector()
+        feats = DatasetFeatures.compute(ds)
+        vec = feats.to_vector()
         graph.add_dataset(ref, vec, family=ds.family)
-        return ref, ds, True
+        info = {"n_train": len(ds.train), "images_line": None}
+        if ds.meta.get("source") != "builtin":
+            from data.features import STAT_SIZE
+            from data.pixels import image_account
+
+            info["images_line"] = image_account(ds, STAT_SIZE)["line"]
+        if key is not None:
+            self.features_cache.put(key, feats, info)
+        return ref, ds, True, {**info, "vector": vec, "features_cached": False}
 
     # ------------------------------------------------------------------ recommending
     def recommend(self, dataset, top_k: int = 3, probe: bool = False) -> Recommendation:
@@ -336,19 +370,17 @@ class Planner:
             raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
         base = self.graph()
         graph = base.copy()
-        ref, ds, added = self._target(dataset, graph)
+        ref, ds, added, info = self._target(dataset, graph)
         models = graph.models
         if not models:
             raise StoreError("the matching graph has no candidate models")
         notes: list[str] = []
         if added:
-            notes.append(f"{ref} is new to the graph: it entered with similarity edges only (its features were "
-                         f"computed from its {len(ds.train)} training images)")
-            if ds.meta.get("source") != "builtin":
-                from data.features import STAT_SIZE
-                from data.pixels import image_account
-
-                notes.append(f"images for the features: {image_account(ds, STAT_SIZE)['line']}")
+            how = "read from the features cache" if info["features_cached"] else "computed"
+            notes.append(f"{ref} is new to the graph: it entered with similarity edges only (its features, from "
+                         f"its {info['n_train']} training images, were {how})")
+            if info["images_line"]:
+                notes.append(f"images for the features: {info['images_line']}")
 
         measured_scores, measured_raw = graph.scores(ref), graph.raw(ref)
         probe_losses: dict[str, float] = {}
@@ -378,7 +410,7 @@ class Planner:
                     notes.append("no candidate could be probed: predicted without the probe")
                     probe = False
             cfg = self.selector_config(probe=probe)
-            scores, cached, fitted = self._predict(base, graph, ref, cfg, probe_losses)
+            scores, cached, fitted = self._predict(base, graph, ref, cfg, probe_losses, info.get("vector"))
             cfg_dict = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))  # plain JSON types
             cfg_dict["fitted"] = fitted
             notes.append(_fitted_note(next(iter(fitted.values()), {}), len(base.profiled)))  # the first objective

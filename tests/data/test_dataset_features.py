@@ -69,3 +69,24 @@ def test_within_family_more_similar_than_across(feats):
 def test_empty_dataset_is_an_error():
     with pytest.raises(DatasetError, match="empty"):
         DatasetFeatures.compute(ImageTextDataset([], [], "nothing"))
+
+
+def test_minilm_forward_matches_transformers():
+    """data.text's own BERT forward (no transformers import) gives transformers.BertModel's embeddings."""
+    import torch
+
+    from data.text import embed_captions, load_minilm
+
+    caps = sorted(set(load_builtin("photos_mixed", n=30).train.captions) | set(load_builtin("digits_pairs", n=30).train.captions))
+    caps += ["", "UPPER Case, punctuation!?", "naïve café — 東京", "a " * 300]  # empty, accents, CJK, truncated
+    threads = torch.get_num_threads()
+    ours = embed_captions(caps)
+    assert torch.get_num_threads() == threads  # the one-thread embedding restores the setting
+    tok, model = load_minilm()
+    with torch.no_grad():
+        enc = tok(caps, padding=True, truncation=True, max_length=128, return_tensors="pt")
+        h = model(**enc).last_hidden_state
+        m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
+        ref = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1).numpy()
+    assert ours.shape == (len(caps), 384) and ours.dtype == np.float32
+    assert np.abs(ours - ref).max() < 1e-5
