@@ -1,7 +1,7 @@
 """Feeding measurements back: does each new dataset's records make the next recommendations better?
 
     python benchmarks/feedback.py [--models a,b,...] [--datasets K] [--size 48] [--steps 80] [--seeds 2]
-                                  [--rules content,all] [--workers N] [--json FILE]
+                                  [--rules content,all] [--workers N] [--profile-only] [--json FILE]
 
 1. Generates ``K`` datasets of procedural families the catalog does not have (spirals, star fields, bar
    charts, clouds, crossing lines, mosaics), at ``--size`` pixels (not the catalog's 32) and 120 images
@@ -238,6 +238,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=2, help="selector seeds")
     ap.add_argument("--rules", default="content,all", help="similarity rules (mandc.graph.RULES)")
     ap.add_argument("--workers", type=int, default=1, help="profiling processes")
+    ap.add_argument("--profile-only", action="store_true", help="run (or resume) the profiling campaign and stop")
     ap.add_argument("--json", dest="json_path", default=None, help="also write the JSON result to this file")
     args = ap.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -265,6 +266,8 @@ def main(argv=None) -> int:
     recs = [r.to_dict() for r in camp.records("ok") if r.job_id in ids]
     t_prof = time.perf_counter() - t0
     print(f"profiled {len(recs)}/{len(jobs)} jobs ok in {t_prof:.0f} s", file=sys.stderr, flush=True)
+    if args.profile_only:
+        return 0
 
     t1 = time.perf_counter()
     curves = {rule: feedback_curve(rule, new, recs, args.seeds) for rule in args.rules.split(",")}
