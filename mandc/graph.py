@@ -21,9 +21,31 @@ Edges:
   dataset's edges (leave-one-dataset-out) leaves every other weight unchanged.
 * ``kind="sim"`` between two datasets: ``weight`` = cosine similarity of their standardised vectors.
   Each dataset keeps an edge to its ``k`` most similar datasets (the union over both endpoints, so a
-  node can have more than ``k``). The standardisation (column mean/std) is fixed when the graph is
-  built from the reference (``G.graph["vec_mean"]``, ``["vec_std"]``), so a dataset added later gets
-  its edges without moving any existing edge.
+  node can have more than ``k``). The standardisation is fixed when the graph is built
+  (``G.graph["vec_mean"]``, ``["vec_std"]``, ``["vec_mask"]``, ``["vec_clip"]``), so a dataset added
+  later gets its edges without moving any existing edge.
+
+**What similarity sees** (:func:`standardisation`, rule ``"content"``). Similarity is about what the
+images and captions show, so:
+
+* the statistics are fitted on the catalog datasets (those with a ``family``; all datasets when fewer
+  than two have one), never on user datasets, so feeding a user dataset back (a store rebuilds its
+  graph with :meth:`from_reference`) moves no other dataset's standardised vector;
+* the bookkeeping columns :data:`BOOKKEEPING_FEATURES` (dataset size, image width and height) are left
+  out (mask 0): how many images a folder holds and at what resolution they were saved says nothing
+  about their content, and the catalog holds them constant, so any difference a user dataset has there
+  would be measured against a zero spread;
+* so is every column with (near-)zero spread over the fitted datasets: it cannot tell any two of them
+  apart, and standardising by its spread would put a dataset that differs there arbitrarily far away;
+* the standardised values are clipped to ``±CLIP_Z`` standard deviations, so a column whose spread
+  is small but not zero cannot let one dataset's outlying value dominate the cosine.
+
+Rule ``"all"`` is the earlier one (every column, statistics over every given dataset, a constant
+column centred but not scaled, no clipping), kept so ``benchmarks/feedback.py`` can compare the two.
+The LightGBM predictor reads the raw vectors (:func:`mandc.select.data_columns`), not these, bookkeeping
+included, but only the columns that vary over the fitted datasets (:meth:`MatchingGraph.varying`): a
+column the catalog holds constant teaches the trees nothing from the catalog, and once user datasets
+differ there it would only let them tell user datasets from catalog ones.
 """
 from __future__ import annotations
 
@@ -35,6 +57,38 @@ import networkx as nx
 import numpy as np
 
 GRAPH_VERSION = 1
+#: Dataset-feature columns that describe how a dataset is stored, not what it shows; similarity never
+#: sees them (see the module docstring).
+BOOKKEEPING_FEATURES = ("log2_size", "log2_width", "log2_height")
+#: Standardised values are clipped to ±CLIP_Z (above every catalog dataset's largest |z|, 4.96 on the
+#: shipped reference, so the catalog's own similarities are unchanged by the clip).
+CLIP_Z = 5.0
+#: A column whose spread over the fitted datasets is at most this (relative to 1 + |mean|) is constant.
+MIN_SPREAD = 1e-6
+RULES = ("content", "all")
+
+
+def standardisation(x: np.ndarray, names: list[str] | None, fit: np.ndarray | None = None,
+                    rule: str = "content") -> dict:
+    """The similarity standardisation of vectors ``x [N, D]`` (column ``names``, or None): a dict with
+    ``vec_mean``, ``vec_std`` (``[D]`` lists), ``vec_mask`` (1 = similarity uses the column) and
+    ``vec_clip`` (None = no clipping), fitted on the rows where ``fit`` (bool ``[N]``) is true
+    (default: all), and ``vec_varies`` (1 = the column is not constant over those rows: what the
+    predictor's data features keep). Rule ``"content"`` or ``"all"``: see the module docstring."""
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {', '.join(map(repr, RULES))}, got {rule!r}")
+    x = np.asarray(x, dtype=np.float64)
+    if rule == "all":
+        sd = x.std(0)
+        return {"vec_mean": x.mean(0).tolist(), "vec_std": np.where(sd > 1e-12, sd, 1.0).tolist(),
+                "vec_mask": [1.0] * x.shape[1], "vec_clip": None, "vec_varies": [1.0] * x.shape[1]}
+    rows = x[fit] if fit is not None and int(np.sum(fit)) >= 2 else x
+    mu, sd = rows.mean(0), rows.std(0)
+    flat = sd <= MIN_SPREAD * (1.0 + np.abs(mu))
+    book = np.array([n in BOOKKEEPING_FEATURES for n in names]) if names else np.zeros(x.shape[1], bool)
+    return {"vec_mean": mu.tolist(), "vec_std": np.where(flat, 1.0, sd).tolist(),
+            "vec_mask": (~(flat | book)).astype(np.float64).tolist(), "vec_clip": CLIP_Z,
+            "vec_varies": (~flat).astype(np.float64).tolist()}
 
 
 def _mref(ref: str) -> str:
@@ -55,17 +109,18 @@ class MatchingGraph:
 
     def __init__(self, G: nx.Graph | None = None):
         self.G = G if G is not None else nx.Graph(version=GRAPH_VERSION, k=5, feature_names=None,
-                                                  vec_mean=None, vec_std=None)
+                                                  vec_mean=None, vec_std=None, vec_mask=None, vec_clip=None,
+                                                  vec_varies=None)
 
     # ------------------------------------------------------------------ building
     @classmethod
     def from_reference(cls, records: list[dict], models: list[dict], datasets: list[dict],
-                       k: int = 5) -> "MatchingGraph":
+                       k: int = 5, rule: str = "content") -> "MatchingGraph":
         """The graph of ``models`` lines (``{"ref", "features", "info"}``), ``datasets`` lines
         (``{"ref", "vector", "family", "feature_names"?}``) and ProfileRecords (failed ones are skipped).
 
-        The vector standardisation is fitted on all given datasets; every dataset then gets sim edges
-        to its ``k`` nearest others. Raises ``ValueError`` for duplicate refs, vectors of different
+        The vector standardisation is fitted by :func:`standardisation` (``rule``; by default on the
+        datasets with a family); every dataset then gets sim edges to its ``k`` nearest others. Raises ``ValueError`` for duplicate refs, vectors of different
         lengths, non-finite values, or records that name a model/dataset missing from the lines."""
         if k < 1:
             raise ValueError(f"k must be ≥ 1, got {k}")
@@ -89,10 +144,8 @@ class MatchingGraph:
         g.G.graph["feature_names"] = list(names) if names is not None else None
         if vecs:
             x = np.stack(vecs)
-            sd = x.std(0)
-            g.G.graph["vec_mean"] = x.mean(0).tolist()
-            # constant columns are centred but not scaled (std 1), as in data.features.similarity_matrix
-            g.G.graph["vec_std"] = np.where(sd > 1e-12, sd, 1.0).tolist()
+            fit = np.array([bool(d.get("family")) for d in datasets])
+            g.G.graph.update(standardisation(x, g.G.graph["feature_names"], fit, rule))
             refs = [d["ref"] for d in datasets]
             sim = g._cosine(x, x)
             np.fill_diagonal(sim, -np.inf)
@@ -288,8 +341,23 @@ class MatchingGraph:
         return self.G.nodes[_dref(dataset_ref)].get("family")
 
     def standardized(self, vectors: np.ndarray) -> np.ndarray:
-        """``(x - mean) / std`` with the graph's fixed column statistics; ``[N, D] -> [N, D]``."""
-        return (np.asarray(vectors, dtype=np.float64) - np.asarray(self.G.graph["vec_mean"])) / np.asarray(self.G.graph["vec_std"])
+        """``clip((x - mean) / std, ±clip) · mask`` with the graph's fixed standardisation (the module
+        docstring says which columns similarity sees and why); ``[N, D] -> [N, D]``. This is what
+        similarity, the GNN's dataset inputs and the selector's pair/neighbour features see."""
+        a = self.G.graph
+        z = (np.asarray(vectors, dtype=np.float64) - np.asarray(a["vec_mean"])) / np.asarray(a["vec_std"])
+        if a.get("vec_clip") is not None:
+            z = np.clip(z, -a["vec_clip"], a["vec_clip"])
+        if a.get("vec_mask") is not None:  # graphs saved before the mask existed use every column
+            z = z * np.asarray(a["vec_mask"])
+        return z
+
+    def varying(self) -> list[int]:
+        """Indices of the vector columns that vary over the datasets the standardisation was fitted on
+        (every column for a graph saved before this was recorded)."""
+        v = self.G.graph.get("vec_varies")
+        n = len(self.G.graph["vec_mean"]) if self.G.graph.get("vec_mean") is not None else 0
+        return list(range(n)) if v is None else [i for i, f in enumerate(v) if f]
 
     def _cosine(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         za, zb = self.standardized(a), self.standardized(b)

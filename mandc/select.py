@@ -5,7 +5,8 @@ One row per (dataset ``d``, model ``m``); rows of one dataset form one ranking g
 
 * ``model`` — the model's feature dict (``profiler.modelinfo``: kind, size, depth/width, resolution,
   text width, pretraining steps, pretraining mixture ``mix_<family>``, card embedding).
-* ``data`` — the dataset's feature vector (``DatasetFeatures.to_vector()``).
+* ``data`` — the dataset's feature vector (``DatasetFeatures.to_vector()``), the columns that vary over
+  the catalog only (:meth:`MatchingGraph.varying`).
 * ``pair`` — how close the target is to what the model was pretrained on, from features only (no
   performance edge). With ``u(·)`` the unit standardised dataset vector, ``J`` the graph's datasets that
   have a catalog family (the target excluded), ``c_f`` the unit mean of ``u`` over family ``f`` and
@@ -158,10 +159,12 @@ def model_columns(graph: MatchingGraph, models: list[str], keys: list[str]) -> d
 
 
 def data_columns(graph: MatchingGraph, d: str, n_models: int) -> dict[str, np.ndarray]:
-    """``d.<name>``: the target's feature vector, the same for every model."""
+    """``d.<name>``: the target's feature vector, the same for every model, without the columns the
+    graph's catalog holds constant (:meth:`MatchingGraph.varying`: they teach the trees nothing, and a
+    user dataset that differs there would be told apart from the catalog by bookkeeping alone)."""
     v = graph.vector(d)
     fn = graph.feature_names or [str(i) for i in range(len(v))]
-    return {f"d.{fn[i]}": np.full(n_models, x) for i, x in enumerate(v)}
+    return {f"d.{fn[i]}": np.full(n_models, v[i]) for i in graph.varying()}
 
 
 def pair_columns(graph: MatchingGraph, ctx: dict, d: str, models: list[str]) -> dict[str, np.ndarray]:

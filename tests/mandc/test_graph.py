@@ -151,3 +151,71 @@ def test_winner_breaks_an_exact_tie_by_the_first_ref_and_its_users_agree(ref):
     wins = {m: sum(tg.winner(x) == m for x in tg.profiled) for m in tg.models}
     assert {m: int(s) for m, s in MostFrequentWinner().fit(tg).score.items()} == wins  # + mean score / 100 < 1
     assert matrix_stats(tg)["distinct_winners"] == sum(n > 0 for n in wins.values())
+
+
+def _with_bookkeeping(ref):
+    """The synthetic reference with the three bookkeeping columns in front, constant over the catalog
+    as in the shipped one (80 images of 32×32)."""
+    records, models, datasets = ref
+    lines = []
+    for d in datasets:
+        names = ["log2_size", "log2_width", "log2_height"] + d["feature_names"]
+        lines.append({**d, "vector": [np.log2(81), 5.0, 5.0] + d["vector"], "feature_names": names})
+    return records, models, lines
+
+
+def _user(ref, vector, size, side):
+    return {"ref": ref, "name": ref, "family": None, "vector": [float(np.log2(1 + size)), float(np.log2(side)),
+                                                                float(np.log2(side))] + list(vector)}
+
+
+@pytest.mark.parametrize("rule", ["content", "all"])
+def test_a_dataset_of_another_size_and_resolution_moves_no_other_neighbours(rule):
+    """A store rebuilds its graph from all its datasets, so feeding one user dataset back must not
+    change which datasets the others find nearest. Under the content rule it does not; under the
+    earlier rule (every column, statistics over every dataset) the two user datasets, alone in
+    differing on size and resolution, become each other's nearest whatever they show."""
+    records, models, lines = _with_bookkeeping(make_reference(n_families=4, per_family=10, n_profiled=3, n_models=3))
+    rng = np.random.default_rng(7)
+    fam = {f: np.mean([d["vector"][3:] for d in lines if d["family"] == f], 0) for f in ("fam0", "fam1")}
+    dim = len(fam["fam0"])
+    u1 = _user("/data/u1", fam["fam0"] + 0.3 * rng.standard_normal(dim), 102, 64)  # looks like fam0
+    u2 = _user("/data/u2", fam["fam1"] + 0.3 * rng.standard_normal(dim), 300, 48)  # looks like fam1
+    before = MatchingGraph.from_reference(records, models, lines + [u1], k=3, rule=rule)
+    after = MatchingGraph.from_reference(records, models, lines + [u1, u2], k=3, rule=rule)
+
+    def order(g, d):  # every other dataset of `before`, nearest first
+        return [r for r, _ in g.nearest(d, n=len(g.datasets), profiled_only=False) if r != "/data/u2"]
+
+    changed = [d for d in before.datasets if order(after, d) != order(before, d)]
+    u1_near = after.nearest("/data/u1", n=1, profiled_only=False)[0][0]
+    if rule == "all":
+        assert "/data/u1" in changed and u1_near == "/data/u2"
+        return
+    assert changed == []
+    assert u1_near.startswith("builtin:fam0_")
+    assert after.nearest("/data/u2", n=1, profiled_only=False)[0][0].startswith("builtin:fam1_")
+    # the same as adding u2 as a target to the graph without it: the statistics are the catalog's
+    target = before.copy()
+    target.add_dataset("/data/u2", u2["vector"])
+    assert target.similarity("/data/u2") == pytest.approx(after.similarity("/data/u2"))
+    # bookkeeping is invisible to similarity; a column the catalog holds constant leaves the predictor
+    z = after.standardized(np.stack([after.vector("/data/u1"), after.vector("/data/u2")]))
+    assert np.all(z[:, :3] == 0) and np.all(np.abs(z) <= 5.0)
+    assert after.varying() == list(range(3, 3 + dim))
+
+
+def test_a_near_constant_column_cannot_dominate_similarity(ref):
+    """A column whose catalog spread is tiny but not zero: a user dataset far off on it is clipped to
+    ±CLIP_Z standard deviations there, so its content still decides its neighbours."""
+    from mandc.graph import CLIP_Z
+
+    records, models, datasets = ref
+    rng = np.random.default_rng(3)
+    lines = [{**d, "vector": d["vector"] + [1.0 + 1e-4 * rng.standard_normal()],
+              "feature_names": d["feature_names"] + ["almost_constant"]} for d in datasets]
+    twin = next(d for d in lines if d["family"] == "fam1")
+    user = {"ref": "/data/u", "family": None, "vector": twin["vector"][:-1] + [2.0]}
+    g = MatchingGraph.from_reference(records, models, lines + [user], k=3)
+    assert np.abs(g.standardized(g.vector("/data/u")[None])).max() == pytest.approx(CLIP_Z)
+    assert g.nearest("/data/u", n=1, profiled_only=False)[0][0] == twin["ref"]
