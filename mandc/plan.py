@@ -37,13 +37,12 @@ import dataclasses
 import json
 import math
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mandc.sizes import fmt_bytes  # noqa: F401  (re-exported: plans print sizes)
+from mandc.sizes import fmt_bytes, scaled_number  # fmt_bytes is re-exported: plans print sizes
 
 FORMAT = "mandc.Plan"
 VERSION = 1
@@ -89,16 +88,9 @@ def parse_memory(value) -> int:
     """Bytes from ``8GiB``, ``8 GB``, ``512MiB``, ``1.5G`` (binary) or a plain number of bytes.
 
     ``GB``/``MB`` are decimal (10⁹, 10⁶), ``GiB``/``MiB`` and the bare letters ``G``/``M`` binary."""
-    if isinstance(value, bool):
-        raise PlanError(f"memory budget must be a size such as '8GiB', got {value!r}")
-    if isinstance(value, (int, float)):
-        n = float(value)
-    else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
-        unit = m.group(2).lower() if m else None
-        if not m or unit not in _UNITS:
-            raise PlanError(f"memory budget {value!r} is not a size: give e.g. 8GiB, 512MiB, 6GB or a number of bytes")
-        n = float(m.group(1)) * _UNITS[unit]
+    n = scaled_number(value, _UNITS)
+    if n is None:
+        raise PlanError(f"memory budget {value!r} is not a size: give e.g. 8GiB, 512MiB, 6GB or a number of bytes")
     if not math.isfinite(n) or n <= 0:
         raise PlanError(f"memory budget must be positive, got {value!r}")
     return int(n)

@@ -8,7 +8,8 @@ license is the card's.
 from __future__ import annotations
 
 import math
-import re
+
+from mandc.sizes import scaled_number
 
 _SCALE = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
 
@@ -16,15 +17,9 @@ _SCALE = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
 def parse_count(value) -> int:
     """A parameter count from ``1e9``, ``1500000``, ``800M``, ``1.5B`` (decimal K/M/B/G/T); ``ValueError``
     (one line) otherwise."""
-    if isinstance(value, bool):
-        raise ValueError(f"a parameter count must be a number such as 1e9 or 800M, got {value!r}")
-    if isinstance(value, (int, float)):
-        n = float(value)
-    else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]?)\s*", str(value))
-        if not m or m.group(2).lower() not in _SCALE:
-            raise ValueError(f"a parameter count must be a number such as 1e9, 800M or 1.5B, got {value!r}")
-        n = float(m.group(1)) * _SCALE[m.group(2).lower()]
+    n = scaled_number(value, _SCALE)
+    if n is None:
+        raise ValueError(f"a parameter count must be a number such as 1e9, 800M or 1.5B, got {value!r}")
     if not math.isfinite(n) or n <= 0:
         raise ValueError(f"a parameter count must be positive, got {value!r}")
     return int(n)
