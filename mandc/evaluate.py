@@ -48,6 +48,8 @@ from mandc.graph import MatchingGraph
 from mandc.select import Selector, SelectorConfig, embedder_key, make_embedder, rank_of
 
 METRICS = ("top1", "top3", "rel1", "regret", "kendall")
+#: for selectors with a calibrated margin (Selector.contenders): the contenders hold a winner; how many there are
+CALIBRATION = ("cover", "set_size")
 
 
 # ------------------------------------------------------------------------------------------ baselines
@@ -237,11 +239,13 @@ class EvalResult:
                  f"{len(self.seeds)} seeds ({self.seconds:.0f} s). Most frequent winner is best on "
                  f"{m['max_winner_share']:.1%} of the datasets; {m['distinct_winners']} distinct winners. "
                  f"Noise ceiling (same winner under two fine-tuning seeds): {nc}.", "",
-                 "| selector | top-1 | top-3 | rel@1 | mean regret | Kendall τ |", "|---|---|---|---|---|---|"]
+                 "| selector | top-1 | top-3 | rel@1 | mean regret | Kendall τ | winner among contenders (mean count) |",
+                 "|---|---|---|---|---|---|---|"]
         for n in s:
             r, e = s[n], sd[n]
+            cal = f"{r['cover']:.1%} ({r['set_size']:.2f})" if "cover" in r else "—"
             lines.append(f"| {n} | {r['top1']:.1%} ± {e['top1']:.1%} | {r['top3']:.1%} | {r['rel1']:.4f} | "
-                         f"{r['regret']:.4f} | {r['kendall']:.3f} |")
+                         f"{r['regret']:.4f} | {r['kendall']:.3f} | {cal} |")
         return "\n".join(lines)
 
 
@@ -304,7 +308,13 @@ def evaluate_seed(graph: MatchingGraph, seed: int, selectors=SELECTOR_NAMES, bas
                     fitted = _fit(name, seed, h, base, embedders)
                 sel, probed = fitted
                 probe = truth.zero_shot(d)  # measured before fine-tuning: what a user gets from forward passes
-                out[name][d] = score_ranking(sel.predict(h, d, probe=probe if probed else None), scores, raw)
+                pred = sel.predict(h, d, probe=probe if probed else None)
+                out[name][d] = score_ranking(pred, scores, raw)
+                contenders = sel.contenders(pred) if hasattr(sel, "contenders") else None
+                if contenders is not None:
+                    best = max(scores.values())
+                    out[name][d].update(cover=float(any(scores.get(m, -1.0) >= best for m in contenders)),
+                                        set_size=float(len(contenders)))
             timing[name] += time.perf_counter() - t0  # includes the shared embedder for its first user
     evaluate_seed.last_timing = timing
     return {n: v for n, v in out.items() if v}
@@ -374,8 +384,9 @@ def evaluate(graph: MatchingGraph, seeds: int = 5, selectors=SELECTOR_NAMES, bas
                      protocol=protocol, groups=len(groups))
     for n in [n for n in selectors if n in results[0]]:
         ds = [d for d in datasets if d in results[0][n]]  # a fixed order: float sums must not depend on timing
-        res.per_seed[n] = {k: [float(np.mean([results[s][n][d][k] for d in ds])) for s in range(seeds)] for k in METRICS}
-        res.per_dataset[n] = {d: {k: float(np.mean([results[s][n][d][k] for s in range(seeds)])) for k in METRICS} for d in ds}
+        keys = [k for k in METRICS + CALIBRATION if all(k in results[s][n][d] for s in range(seeds) for d in ds)]
+        res.per_seed[n] = {k: [float(np.mean([results[s][n][d][k] for d in ds])) for s in range(seeds)] for k in keys}
+        res.per_dataset[n] = {d: {k: float(np.mean([results[s][n][d][k] for s in range(seeds)])) for k in keys} for d in ds}
     res.seconds = time.perf_counter() - t0
     return res
 

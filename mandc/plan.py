@@ -333,7 +333,7 @@ def make_plan(planner, dataset, memory="8GiB", device: str = "cuda", goal: str =
         budget_bytes=budget, reasons=reasons, device=device, goal=goal, fallback=fallback,
         predicted_score=float(top["score"]),
         recommendation={"source": rec.source, "nearest": rec.nearest, "notes": rec.notes, "selector": rec.selector,
-                        "graph": rec.graph},
+                        "graph": rec.graph, "contenders": rec.contenders},
         graph=planner.graph_source, created_at=_now(), seconds=round(time.perf_counter() - t0, 2))
     say(f"plan: {chosen} on {model} ({time.perf_counter() - t0:.1f}s)")
     return plan
@@ -597,7 +597,8 @@ def _candidates(rec, entries) -> list[dict]:
             spread = round(math.sqrt(sum(wi * (x["score"] - mu) ** 2 for wi, x in zip(w, ev)) / sum(w)), 4)
         out.append({"rank": rank, "model": e.model, "score": round(float(e.score), 4), "spread": spread,
                     "measured_loss": e.measured_loss, "probe_loss": e.probe_loss, "why": e.why,
-                    "evidence": e.evidence, "mixture": e.mixture, "description": e.description})
+                    "evidence": e.evidence, "mixture": e.mixture, "description": e.description,
+                    "interval": e.interval})
     return out
 
 

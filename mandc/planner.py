@@ -49,6 +49,7 @@ from pathlib import Path
 from data.io import canonical_json
 from mandc.cache import FeaturesCache, SelectorCache, features_key, selector_key
 from mandc.feedback import dataset_key, feed, graph_of, open_graph
+from mandc.sizes import fmt_score
 from mandc.store import DEFAULT_K, Store, StoreError
 
 NEAREST = 3             # profiled datasets quoted as evidence per recommendation
@@ -73,6 +74,7 @@ class RankedModel:
     evidence: list[dict] = field(default_factory=list)
     mixture: dict[str, float] = field(default_factory=dict)
     description: str | None = None       # the model card's description (free text from the card: escape it)
+    interval: list[float] | None = None  # [low, high] = score ∓ margin/2 (Selector.contenders); predicted only
 
     @property
     def why(self) -> str:
@@ -115,6 +117,7 @@ class Recommendation:
     selector: dict = field(default_factory=dict)   # the SelectorConfig used, + "fitted": what its fit chose (empty when measured)
     cached: bool = False                           # the prediction or the fitted selector came from a cache
     seconds: float = 0.0
+    contenders: list[str] = field(default_factory=list)  # models whose interval overlaps the top pick's
 
     @property
     def best(self) -> str:
@@ -134,6 +137,8 @@ class Recommendation:
         rows = []
         for e in self.entries if full else self.top:
             row = {"rank": e.rank, "model": e.model, "score": e.score}
+            if e.interval is not None:
+                row["score_low"], row["score_high"] = e.interval
             if self.source == "measured" or any(x.measured_loss is not None for x in self.entries):
                 row["measured_loss"] = e.measured_loss
             if self.probe:
@@ -164,7 +169,7 @@ class Recommendation:
         lines = [f"### Recommended models for `{self.dataset}` ({how})", "",
                  "| rank | model | score | why |", "|---:|---|---:|---|"]
         for e in self.entries if full else self.top:
-            lines.append(f"| {e.rank} | `{e.model}` | {e.score:.3f} | {e.why.replace('|', '/')} |")
+            lines.append(f"| {e.rank} | `{e.model}` | {fmt_score(e.score, e.interval)} | {e.why.replace('|', '/')} |")
         if self.nearest:
             near = [f"`{_short(n['dataset'])}` (similarity {n['similarity']:.2f}, best: `{n['winner']}`)"
                     for n in self.nearest]
@@ -184,11 +189,20 @@ def recommendation_table(rec: Recommendation, full: bool = False):
     t.add_column("score", justify="right", no_wrap=True)
     t.add_column("why")
     for e in rec.entries if full else rec.top:
-        t.add_row(str(e.rank), e.model, f"{e.score:.3f}", e.why)
+        t.add_row(str(e.rank), e.model, fmt_score(e.score, e.interval), e.why)
     if rec.nearest:
         t.caption = "nearest profiled datasets: " + ", ".join(
             f"{_short(n['dataset'])} ({n['similarity']:.2f}, best {n['winner']})" for n in rec.nearest)
     return t
+
+
+def contenders_note(contenders: list[str], fitted: dict) -> str:
+    """The sentence that says the top of the ranking cannot be told apart, and what to do about it."""
+    names = ", ".join(contenders[:4]) + (f" and {len(contenders) - 4} more" if len(contenders) > 4 else "")
+    return (f"the top {len(contenders)} overlap ({names}): their scores differ by less than the margin the "
+            f"selector's cross-validation calibrated (the measured winner fell within it on "
+            f"{fitted.get('margin_coverage', 0.9):.0%} of held-out datasets); probe these "
+            f"{len(contenders)} (--probe, or a short fine-tune of each) before committing GPU hours")
 
 
 def _fitted_note(fitted: dict, profiled: int) -> str:
@@ -419,6 +433,15 @@ class Planner:
                              f"measured_loss); the ranking is predicted")
 
         entries = self._entries(graph, ref, models, scores, measured_raw, probe_losses)
+        first = next(iter(cfg_dict.get("fitted", {}).values()), {}) if source == "predicted" else {}
+        contenders = []
+        if first.get("margin") is not None and entries:
+            margin = float(first["margin"])
+            for e in entries:
+                e.interval = [round(e.score - margin / 2, 6), round(e.score + margin / 2, 6)]
+            contenders = [e.model for e in entries if e.score >= entries[0].score - margin]
+            if len(contenders) > 1:
+                notes.append(contenders_note(contenders, first))
         nearest = [{"dataset": d, "similarity": round(s, 4), "winner": graph.winner(d), "family": graph.family(d)}
                    for d, s in graph.nearest(ref, n=NEAREST)]
         return Recommendation(
@@ -426,7 +449,7 @@ class Planner:
             probe=probe, probe_skipped=skipped,
             graph={"models": len(models), "datasets": len(base.datasets), "profiled": len(base.profiled),
                    "key": self._graph_key()},
-            selector=cfg_dict, cached=cached, seconds=round(time.perf_counter() - t0, 3))
+            selector=cfg_dict, cached=cached, seconds=round(time.perf_counter() - t0, 3), contenders=contenders)
 
     def _entries(self, graph, ref, models, scores, measured_raw, probe_losses) -> list[RankedModel]:
         near = graph.nearest(ref, n=NEAREST)

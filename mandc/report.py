@@ -19,7 +19,7 @@ import io
 import json
 from pathlib import Path
 
-from mandc.sizes import fmt_bytes
+from mandc.sizes import fmt_bytes, fmt_score
 
 
 def write_reports(plan, out_dir) -> dict[str, Path]:
@@ -140,9 +140,14 @@ def to_markdown(plan) -> str:
     for c in plan.candidates:
         sp = "—" if c.get("spread") is None else f"±{c['spread']:.3f}"
         desc = f" — {_md(c['description'])}" if c.get("description") else ""
-        L.append(f"| {c['rank']} | `{_md(c['model'])}`{desc} | {c['score']:.3f} | {sp} | {_md(c.get('why'))} | "
+        L.append(f"| {c['rank']} | `{_md(c['model'])}`{desc} | {fmt_score(c['score'], c.get('interval'))} | {sp} | {_md(c.get('why'))} | "
                  f"{_md(c.get('license') or '—')} | {_md(_lineage_text(c))} | {_md(_params_text(c))} | "
                  f"{_md(_fit_text(c, plan.budget_bytes))} |")
+    contenders = plan.recommendation.get("contenders") or []
+    if len(contenders) > 1:
+        L += ["", f"**The top {len(contenders)} overlap**: " + ", ".join(f"`{_md(m)}`" for m in contenders)
+              + " are within the cross-validated margin of each other (score ± half of it above): probe these before "
+                "committing GPU hours."]
     if any("memory" in c for c in plan.candidates):
         L += ["", f"Shortlist (ranked candidates whose memory estimate, from configs and safetensors headers alone, "
                   f"fits {fmt_bytes(plan.budget_bytes)}): "
@@ -227,10 +232,16 @@ def to_html(plan, figs: dict[str, bytes] | None = None) -> str:
         fit = c.get("feasible")
         fit_cls = "" if fit is None else ' class="yes"' if fit else ' class="no"'
         H.append(f"<tr{cls}><td class=num>{c['rank']}</td><td><code>{_e(c['model'])}</code>{desc}</td>"
-                 f"<td class=num>{c['score']:.3f}</td><td class=num>{_e(sp)}</td><td>{_e(c.get('why'))}</td>"
+                 f"<td class=num>{_e(fmt_score(c['score'], c.get('interval')))}</td><td class=num>{_e(sp)}</td><td>{_e(c.get('why'))}</td>"
                  f"<td>{_e(c.get('license') or '—')}</td><td>{_e(_lineage_text(c))}</td>"
                  f"<td class=num>{_e(_params_text(c))}</td><td{fit_cls}>{_e(_fit_text(c, plan.budget_bytes))}</td></tr>")
     H.append("</table>")
+    contenders = plan.recommendation.get("contenders") or []
+    if len(contenders) > 1:
+        H.append(f'<p id="overlap" class="warn"><b>The top {len(contenders)} overlap</b>: '
+                 + ", ".join(f"<code>{_e(m)}</code>" for m in contenders)
+                 + " are within the cross-validated margin of each other (score ± half of it): probe these before "
+                   "committing GPU hours.</p>")
     if any("memory" in c for c in plan.candidates):
         H.append(f'<p id="shortlist">Shortlist (ranked candidates whose memory estimate, from configs and safetensors '
                  f"headers alone, fits {_e(fmt_bytes(plan.budget_bytes))}): "

@@ -72,6 +72,7 @@ FEATURE_GROUPS = ("model", "data", "pair", "neighbors", "embedding", "probe")
 TREE_GRID = (0, 10, 25, 50, 100, 200)  # boosting rounds the CV of ``n_estimators=None`` chooses from
 PROBE_GRID = (0.0, 3.0, 10.0, 30.0)     # probe weights the CV of ``probe_init=None`` chooses from
 PAIR_TEMPERATURE = 0.1  # softmax temperature over cosines for p.mix_soft
+MARGIN_COVERAGE = 0.9   # the contenders of a prediction hold a dataset's measured winner this often (CV-calibrated)
 EMBEDDINGS = ("sage", "node2vec", "none")  # the names of mandc.embed.EMBEDDERS, and no embedding
 
 
@@ -262,6 +263,7 @@ class Selector:
         self._lgbm: list = []    # one fitted booster per objective (None: zero rounds)
         self.cv_: dict = {}       # objective → the CV curve behind the chosen number of rounds
         self._probe_w: list = []  # the probe weight in each booster's init score (cfg.probe_init or the CV's)
+        self.margin_: float | None = None  # see contenders(); None when no CV ran or with objective="both"
         self.fitted_ = False
 
     # ------------------------------------------------------------------ features
@@ -340,7 +342,7 @@ class Selector:
             groups.append(len(models))
         self.feature_names_ = names
         X = np.concatenate(X)
-        self._lgbm, self._probe_w, self.cv_ = [], [], {}
+        self._lgbm, self._probe_w, self.cv_, self.margin_ = [], [], {}, None
         weights = PROBE_GRID if cfg.probe and cfg.probe_init is None else (cfg.probe_init or 0.0,)
         for kind in ("rank", "regress"):
             if cfg.objective not in (kind, "both"):
@@ -352,6 +354,8 @@ class Selector:
                                           fixed=cfg.n_estimators), v) for v in weights]
                 n, cv, w = min(cands, key=lambda c: _cv_key(c[1], c[0]) + (c[2],))  # ties: as in _cv_trees, then a smaller weight
                 self.cv_[kind] = {**cv, "probe_init": w} if cfg.probe else cv
+                if cfg.objective != "both":
+                    self.margin_ = cv["margin"][cv["grid"].index(n)]
             self._probe_w.append(w)
             self._lgbm.append(self._booster(kind, X, label, groups, self._init_score(X, w), n) if n > 0 else None)
         self.fitted_ = True
@@ -382,13 +386,17 @@ class Selector:
         ``regret_T(d) = max_m s(m, d) - s(argmax_m pred_T(m, d), d)`` with ``s`` the normalised score.
         ``T = 0`` (the prior alone) competes only when there is a prior (``knn_init``/``probe_init``).
         Ties go to the better mean NDCG of the validation rankings (gains ``s``), then to fewer rounds.
-        Returns ``(T, {"grid": [...], "regret": [...], "ndcg": [...]})``, the means per grid entry."""
+        Returns ``(T, {"grid": [...], "regret": [...], "ndcg": [...], "margin": [...]})``: the means per
+        grid entry, and the conformal margin per grid entry (see :meth:`contenders`): the
+        ``⌈(n+1)·MARGIN_COVERAGE⌉``-th smallest of the ``n`` validation datasets' gaps
+        ``pred_T(top pick) − pred_T(measured winner) ≥ 0``."""
         grid = [t for t in TREE_GRID if t > 0 or init is not None] if fixed is None else [fixed]
         starts = np.cumsum([0] + groups)
         where = {d: i for i, d in enumerate(profiled)}
         folds = _dataset_folds(profiled, min(self.cfg.cv_folds, len(profiled)), self.cfg.seed)
         regret = np.zeros((len(grid), len(profiled)))  # [T, dataset]
         ndcg = np.zeros((len(grid), len(profiled)))
+        gap = np.zeros((len(grid), len(profiled)))
 
         def rows(gs):
             return np.concatenate([np.arange(starts[g], starts[g + 1]) for g in gs])
@@ -407,11 +415,13 @@ class Selector:
                     p, sc = pred[off:off + groups[g]], scores[g]
                     regret[k, g] = sc.max() - sc[int(np.argmax(p))]
                     ndcg[k, g] = _ndcg(p, sc)
+                    gap[k, g] = p.max() - p[sc >= sc.max()].max()  # how far below the top pick a winner sits
                     off += groups[g]
         mean, rank_q = regret.mean(1), ndcg.mean(1)
         # regret looks at the top pick only, so equal regrets are common: the whole ranking (NDCG)
         # breaks those ties, then fewer rounds
-        cv = {"grid": grid, "regret": [round(float(r), 5) for r in mean], "ndcg": [round(float(r), 5) for r in rank_q]}
+        cv = {"grid": grid, "regret": [round(float(r), 5) for r in mean], "ndcg": [round(float(r), 5) for r in rank_q],
+              "margin": [round(_conformal_quantile(g, MARGIN_COVERAGE), 6) for g in gap]}
         return min(grid, key=lambda t: _cv_key(cv, t)), cv
 
     def _init_score(self, X: np.ndarray, probe_w: float = 0.0):
@@ -473,6 +483,19 @@ class Selector:
             out = np.mean([p.argsort(kind="stable").argsort(kind="stable") for p in preds], 0)
         return dict(zip(models, out.tolist()))
 
+    def contenders(self, pred: dict[str, float]) -> list[str] | None:
+        """The models that may be the best, best first: those predicted within ``margin_`` of the top pick.
+
+        ``margin_`` is calibrated by the fit's cross-validation (split-conformal over its validation
+        datasets): on a new dataset exchangeable with the training ones, the measured winner is among the
+        contenders with probability about ``MARGIN_COVERAGE``. Equivalently, each model's score carries
+        the interval ``score ± margin_/2``, and the contenders are those whose interval overlaps the top
+        pick's. None when the fit has no margin (fixed rounds without CV, or ``objective="both"``)."""
+        if self.margin_ is None or not pred:
+            return None
+        top = max(pred.values())
+        return [m for m in rank_of(pred) if pred[m] >= top - self.margin_]
+
     def explain(self, graph: MatchingGraph, dataset_ref: str, n: int = 5) -> dict:
         """Why: the ``n`` nearest profiled datasets ``[(ref, cosine)]`` and the best model on each."""
         near = graph.nearest(dataset_ref, n=n)
@@ -489,6 +512,9 @@ class Selector:
                 out[kind]["probe_init"] = float(w)
             if kind in self.cv_:
                 out[kind]["cv_folds"] = self.cfg.cv_folds
+            if self.margin_ is not None:
+                out[kind]["margin"] = float(self.margin_)
+                out[kind]["margin_coverage"] = MARGIN_COVERAGE
         return out
 
     def feature_importance(self) -> dict[str, float]:
@@ -504,6 +530,14 @@ def _cv_key(cv: dict, rounds: int) -> tuple:
     """Sort key of a CV result at ``rounds``: lower mean regret, then higher mean NDCG, then fewer rounds."""
     k = cv["grid"].index(rounds)
     return cv["regret"][k], -cv["ndcg"][k], rounds
+
+
+def _conformal_quantile(values: np.ndarray, coverage: float) -> float:
+    """The ``⌈(n+1)·coverage⌉``-th smallest of ``n`` values (the largest when that exceeds ``n``): the
+    split-conformal threshold that a new exchangeable value stays under with probability ≥ ``coverage``."""
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    k = min(len(v), int(np.ceil((len(v) + 1) * coverage)))
+    return float(v[k - 1]) if len(v) else 0.0
 
 
 def _ndcg(pred: np.ndarray, gain: np.ndarray) -> float:

@@ -1,4 +1,4 @@
-"""Quantities as people write and read them: byte counts (plans, reports, the CLI), parameter counts."""
+"""Quantities as people write and read them: byte counts (plans, reports, the CLI), parameter counts, scores."""
 from __future__ import annotations
 
 import re
@@ -29,3 +29,11 @@ def fmt_bytes(n: float | None) -> str:
         if abs(n) >= size:
             return f"{n / size:.2f} {unit}" if unit == "GiB" else f"{n / size:.1f} {unit}"
     return f"{int(n)} B"
+
+
+def fmt_score(score: float, interval=None) -> str:
+    """A ranking score, ``0.523``, or with its ``[low, high]`` interval ``0.523 ± 0.041`` (half its width)."""
+    if not interval:
+        return f"{score:.3f}"
+    return f"{score:.3f} ± {(interval[1] - interval[0]) / 2:.3f}"
+

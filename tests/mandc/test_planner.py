@@ -63,6 +63,16 @@ def test_unprofiled_builtin_is_predicted_and_the_fit_is_cached(tmp_path, store):
     from mandc.select import TREE_GRID
     assert rec.selector["fitted"] == cached["fitted"] and rec.selector["fitted"]["rank"]["rounds"] in TREE_GRID
     assert any(n.startswith("selector: ") and "cross-validation" in n for n in rec.notes)
+    # each score carries the CV-calibrated interval; the contenders are the models whose interval overlaps the top's
+    margin = rec.selector["fitted"]["rank"]["margin"]
+    for e in rec.entries:
+        assert e.interval == pytest.approx([e.score - margin / 2, e.score + margin / 2], abs=1e-6)
+    assert rec.contenders == [e.model for e in rec.entries if e.score >= rec.entries[0].score - margin]
+    assert rec.contenders[0] == rec.best
+    assert any("overlap" in n and "probe these" in n for n in rec.notes) == (len(rec.contenders) > 1)
+    board = rec.leaderboard()
+    assert list(board.columns[:5]) == ["rank", "model", "score", "score_low", "score_high"]
+    assert f"{rec.entries[0].score:.3f} ± {margin / 2:.3f}" in rec.to_markdown()
     assert store.content_hash() == before  # recommending never writes the store
     # a new planner (as in a fresh process) answers from the cached predictions: same answer
     again = Planner(Store(store.path), cache_dir=tmp_path / "cache").recommend("builtin:shapes_triangles", top_k=2)
@@ -94,7 +104,7 @@ def test_never_seen_folder_enters_with_similarity_edges_only(store, folder, cach
     assert rec.dataset not in planner.graph().datasets  # the store's graph is unchanged
     assert all(e.measured_loss is None for e in rec.entries)
     board = rec.leaderboard()
-    assert list(board.columns) == ["rank", "model", "score", "why"] and len(board) == 3
+    assert list(board.columns) == ["rank", "model", "score", "score_low", "score_high", "why"] and len(board) == 3
     assert board["score"].is_monotonic_decreasing and len(rec.leaderboard(full=True)) == 4
     # JSON and Markdown forms
     back = Recommendation.from_json(json.loads(json.dumps(rec.to_json())))

@@ -258,3 +258,32 @@ def test_feature_groups_are_separate_functions_in_the_fitted_order(graph):
     assert np.array_equal(X, np.stack([v for g in groups for v in g.values()], 1), equal_nan=True)
     probe = S.probe_columns({models[0]: 1.0, models[1]: 2.0}, models)
     assert probe["z.probe"][0] == 1.0 and probe["z.probe"][1] == 0.0 and np.isnan(probe["z.probe"][2])
+
+
+def test_the_cv_calibrates_a_margin_and_contenders_are_the_models_within_it(graph):
+    """The margin is the conformal quantile of the CV's out-of-fold gaps pred(top pick) − pred(winner) at the
+    chosen rounds; the contenders of a prediction are the models within it of the top, best first."""
+    from mandc.select import MARGIN_COVERAGE, _conformal_quantile
+
+    assert _conformal_quantile(np.arange(10.0), 0.9) == 9.0   # ⌈11·0.9⌉ = 10th smallest of 10
+    assert _conformal_quantile(np.arange(20.0), 0.5) == 10.0  # ⌈21·0.5⌉ = 11th smallest
+    d = graph.profiled[2]
+    h = graph.without_performance(d)
+    sel = Selector(SelectorConfig(embedding="none")).fit(h)
+    cv = sel.cv_["rank"]
+    n = 0 if sel._lgbm[0] is None else sel._lgbm[0].n_estimators
+    assert len(cv["margin"]) == len(cv["grid"]) and all(m >= 0 for m in cv["margin"])
+    assert sel.margin_ == cv["margin"][cv["grid"].index(n)]
+    fitted = sel.fitted_summary()["rank"]
+    assert fitted["margin"] == sel.margin_ and fitted["margin_coverage"] == MARGIN_COVERAGE
+    pred = sel.predict(h, d)
+    top = max(pred.values())
+    cont = sel.contenders(pred)
+    assert cont[0] == max(pred, key=pred.get)
+    assert set(cont) == {m for m, p in pred.items() if p >= top - sel.margin_}
+    sel.margin_ = 0.0
+    assert sel.contenders(pred) == [m for m in pred if pred[m] == top]
+    fixed = Selector(SelectorConfig(embedding="none", n_estimators=10)).fit(h)  # no CV: no calibrated margin
+    assert fixed.margin_ is None and fixed.contenders(pred) is None and "margin" not in fixed.fitted_summary()["rank"]
+    both = Selector(SelectorConfig(embedding="none", objective="both")).fit(h)  # rank averages: no margin
+    assert both.margin_ is None
