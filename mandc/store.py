@@ -474,7 +474,7 @@ class Store:
                 "profiled": c("SELECT COUNT(DISTINCT dataset) FROM records WHERE status = 'ok'")}
 
     def content_hash(self) -> str:
-        """sha256 over every model, dataset and record row (not the meta table): equal contents, equal hash.
+        """sha256 over every model, dataset, record and lineage row (not the meta table): equal contents, equal hash.
         It keys the planner's cache of fitted selectors."""
         h = hashlib.sha256()
         for table, cols in (("models", "ref, features, info"), ("datasets", "ref, vector, family"),
@@ -482,6 +482,9 @@ class Store:
             h.update(table.encode())
             for row in self._con.execute(f"SELECT {cols} FROM {table} ORDER BY {cols.split(',')[0]}"):
                 h.update(canonical_json(list(row)).encode())
+        lineage = self.lineage()
+        if lineage:  # the graph has lineage edges (a store without any keeps the hash it had before they existed)
+            h.update(b"lineage" + canonical_json(lineage).encode())
         return h.hexdigest()
 
     def graph(self, k: int = DEFAULT_K):
@@ -511,7 +514,7 @@ class Store:
             job = orphans[0]["job"]
             warnings.warn(f"{len(orphans)} record(s) name a model or dataset the store has no line for "
                           f"(e.g. {job['model']} on {job['dataset']}); left out of the graph", stacklevel=2)
-        g = MatchingGraph.from_reference(records, models, datasets, k=k)
+        g = MatchingGraph.from_reference(records, models, datasets, k=k, lineage=self.lineage())
         self._graph_cache = (key, k, g)
         return g.copy()
 
