@@ -7,12 +7,7 @@ encoded per node type to ``dim`` channels. Two heterogeneous GraphSAGE layers (o
 ``SAGEConv``, mean aggregation, per relation; summed per destination type) pass messages over
 
 * ``(dataset, sim, dataset)`` — the similarity edges;
-* ``(model, good, dataset)`` and ``(dataset, rev_good, model)`` — the *positive* performance edges;
-  with ``lineage`` (the default) a model that has no perf edge on a dataset where one of its base models
-  (lineage edges) is positive also receives that dataset's ``rev_good`` message, so a crawled fine-tune
-  with nothing measured is embedded from its base's datasets, not from its own features alone. It sends
-  none (a dataset's embedding never depends on unmeasured models), and a graph whose models are all
-  measured passes exactly the messages it would without lineage.
+* ``(model, good, dataset)`` and ``(dataset, rev_good, model)`` — the *positive* performance edges.
 
 ``z_v`` (``[dim]``) is the output of layer 2. A pair is scored by ``s(m, d) = ⟨z_m, z_d⟩``. Training
 is link prediction with binary cross-entropy: a pair is positive when the model is among the
@@ -80,8 +75,7 @@ def positive_pairs(graph: MatchingGraph, pos_top: int, pos_score: float = 1.0) -
 @dataclass
 class GraphTensors:
     """The graph as tensors: ``xm [M, Fm]``, ``xd [N, D]`` (z-scored), sim edges ``sim [2, E]``
-    (both directions, dataset indices), positive pairs ``pos [2, P]`` (model idx, dataset idx) and the
-    inherited ones ``inh [2, Q]`` (an unmeasured model on a dataset where one of its bases is positive)."""
+    (both directions, dataset indices), positive pairs ``pos [2, P]`` (model idx, dataset idx)."""
 
     models: list[str]
     datasets: list[str]
@@ -89,11 +83,9 @@ class GraphTensors:
     xd: torch.Tensor
     sim: torch.Tensor
     pos: torch.Tensor
-    inh: torch.Tensor | None = None
 
     @classmethod
-    def from_graph(cls, graph: MatchingGraph, pos_top: int, use_data_edges: bool = True, pos_score: float = 1.0,
-                   lineage: bool = False) -> "GraphTensors":
+    def from_graph(cls, graph: MatchingGraph, pos_top: int, use_data_edges: bool = True, pos_score: float = 1.0) -> "GraphTensors":
         models, datasets = graph.models, graph.datasets
         xm = model_matrix(graph)
         sd = xm.std(0)
@@ -103,13 +95,10 @@ class GraphTensors:
         mi = {m: i for i, m in enumerate(models)}
         sim = [(di[u[2:]], di[v[2:]]) for u, v, _ in graph.edges("sim")] if use_data_edges else []
         sim = sim + [(b, a) for a, b in sim]
-        good = positive_pairs(graph, pos_top, pos_score)
-        pos = sorted((mi[m], di[d]) for m, d in good)
-        inh = sorted({(mi[m], di[d]) for d in graph.profiled for m in graph.inherited_scores(d)
-                      if any((b, d) in good for b in graph.bases(m))}) if lineage else []
+        pos = sorted((mi[m], di[d]) for m, d in positive_pairs(graph, pos_top, pos_score))
         as_edges = lambda pairs: torch.tensor(pairs, dtype=torch.long).reshape(-1, 2).T.contiguous()  # noqa: E731
         return cls(models, datasets, torch.tensor(xm, dtype=torch.float32), torch.tensor(xd, dtype=torch.float32),
-                   as_edges(sim), as_edges(pos), as_edges(inh))
+                   as_edges(sim), as_edges(pos))
 
 
 # ------------------------------------------------------------------------------------------ GraphSAGE
@@ -128,7 +117,6 @@ class SageConfig:
     neg_threshold: float = 0.5  # negatives: normalised score below this
     mask_frac: float = 0.25     # fraction of profiled datasets whose perf edges each epoch hides
     use_data_edges: bool = True  # False: no (dataset, sim, dataset) relation (the ablation)
-    lineage: bool = True        # unmeasured models receive their bases' positive datasets' messages
 
 
 def _adj(edges: torch.Tensor, n_src: int, n_dst: int) -> torch.Tensor:
@@ -146,9 +134,8 @@ class SageNet(nn.Module):
 
         h_d' = SAGE_sim(h_d, h_d) + SAGE_good(h_m → h_d)      h_m' = SAGE_rev(h_d → h_m)
 
-    ``forward(xm [M,Fm], xd [N,D], sim [2,E], good [2,P], rev=None) -> (zm [M,dim], zd [N,dim])``; ``good``
-    are the (model, dataset) pairs passing messages (both ways), ``rev`` (default ``good``) the pairs
-    whose dataset sends to the model."""
+    ``forward(xm [M,Fm], xd [N,D], sim [2,E], good [2,P]) -> (zm [M,dim], zd [N,dim])``; ``good`` are the
+    (model, dataset) pairs passing messages (both ways)."""
 
     def __init__(self, fm: int, fd: int, dim: int, dropout: float):
         super().__init__()
@@ -159,10 +146,9 @@ class SageNet(nn.Module):
         self.layers = nn.ModuleList([nn.ModuleDict({"sim": SAGEConv(dim, dim), "good": SAGEConv(dim, dim),
                                                     "rev": SAGEConv(dim, dim)}) for _ in range(2)])
 
-    def forward(self, xm, xd, sim, good, rev=None):
+    def forward(self, xm, xd, sim, good):
         M, N = xm.shape[0], xd.shape[0]
-        rev = good if rev is None else rev
-        a_sim, a_good, a_rev = _adj(sim, N, N), _adj(good, M, N), _adj(rev.flip(0), N, M)
+        a_sim, a_good, a_rev = _adj(sim, N, N), _adj(good, M, N), _adj(good.flip(0), N, M)
         hm = F.dropout(F.relu(self.enc_m(xm)), self.dropout, self.training)
         hd = F.dropout(F.relu(self.enc_d(xd)), self.dropout, self.training)
         for i, layer in enumerate(self.layers):
@@ -191,7 +177,7 @@ class SageEmbedder:
         cfg = self.cfg
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
-        t = GraphTensors.from_graph(graph, cfg.pos_top, cfg.use_data_edges, cfg.pos_score, getattr(cfg, "lineage", False))
+        t = GraphTensors.from_graph(graph, cfg.pos_top, cfg.use_data_edges, cfg.pos_score)
         di = {d: i for i, d in enumerate(t.datasets)}
         mi = {m: i for i, m in enumerate(t.models)}
         profiled = [di[d] for d in graph.profiled]
@@ -235,8 +221,7 @@ class SageEmbedder:
             raise RuntimeError("SageEmbedder.embed before fit")
         if model_feature_names(graph) != self._feature_names:
             raise ValueError("the graph's model features differ from those the embedder was trained on")
-        t = GraphTensors.from_graph(graph, self.cfg.pos_top, self.cfg.use_data_edges, self.cfg.pos_score,
-                                    getattr(self.cfg, "lineage", False))  # getattr: embedders pickled before it
+        t = GraphTensors.from_graph(graph, self.cfg.pos_top, self.cfg.use_data_edges, self.cfg.pos_score)
         hidden = torch.tensor([[d in set(h) for d in t.datasets] for h in hides], dtype=torch.bool).reshape(len(hides), -1)
         zm, zd = _batched_forward(self.net, t, hidden)
         zm, zd = zm.numpy(), zd.numpy()
@@ -250,20 +235,15 @@ class SageEmbedder:
 def _batched_forward(net: SageNet, t: GraphTensors, hidden: torch.Tensor):
     """Run ``net`` on ``B = hidden.shape[0]`` disjoint copies of the graph at once (block-diagonal
     batching, PyG-style node offsets); copy ``b`` drops the positive perf edges of the datasets with
-    ``hidden[b]`` set (and the inherited pairs there). Returns ``(zm [B, M, dim], zd [B, N, dim])``. On a ~70-node graph one pass costs
+    ``hidden[b]`` set. Returns ``(zm [B, M, dim], zd [B, N, dim])``. On a ~70-node graph one pass costs
     about the same for B = 1 or 8 (per-op overhead dominates), so batching buys the masks for free."""
     B, M, N = hidden.shape[0], t.xm.shape[0], t.xd.shape[0]
-    sims, goods, inhs = [], [], []
-    inh = t.inh if t.inh is not None else torch.zeros((2, 0), dtype=torch.long)
+    sims, goods = [], []
     for b in range(B):
         sims.append(t.sim + b * N)
         keep = ~hidden[b][t.pos[1]] if t.pos.numel() else torch.zeros(0, dtype=torch.bool)
         goods.append(t.pos[:, keep] + torch.tensor([[b * M], [b * N]]))
-        if inh.numel():
-            inhs.append(inh[:, ~hidden[b][inh[1]]] + torch.tensor([[b * M], [b * N]]))
-    good = torch.cat(goods, 1)
-    rev = torch.cat([good] + inhs, 1) if inhs else None  # None: exactly the messages without lineage
-    zm, zd = net(t.xm.repeat(B, 1), t.xd.repeat(B, 1), torch.cat(sims, 1), good, rev)
+    zm, zd = net(t.xm.repeat(B, 1), t.xd.repeat(B, 1), torch.cat(sims, 1), torch.cat(goods, 1))
     return zm.reshape(B, M, -1), zd.reshape(B, N, -1)
 
 

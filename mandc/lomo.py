@@ -24,7 +24,9 @@ Methods (how ``m``'s position on ``d`` is chosen):
 * ``family_mean`` — ``m`` takes the mean measured score on ``d`` of the models of its family (unet/dit).
 * ``random`` — the exact expectation over a uniformly random position of ``m``.
 
-``lineage_only`` in the result repeats the comparison on the models that have a base in the graph.
+``lineage_only`` in the result repeats the comparison on the models that have a base in the graph,
+``no_base`` on those that have none (there ``mandc`` and ``no_lineage`` agree exactly: a model without
+lineage inherits nothing, and the other models' features do not depend on it).
 """
 from __future__ import annotations
 
@@ -89,8 +91,9 @@ def _order(h: MatchingGraph, d: str) -> list[str]:
 
 def evaluate_lomo(graph: MatchingGraph, seeds: int = 1, methods=LOMO_METHODS, models: list[str] | None = None,
                   progress=None) -> dict:
-    """LOMO over ``graph`` (see the module docstring). Returns ``{"models": [...], "seeds", "seconds",
-    "methods": {method: {metric: mean}}, "lineage_only": {...}, "per_model": {model: {method: {metric}}}}``."""
+    """LOMO over ``graph`` (see the module docstring). Returns ``{"models": [...], "with_base": [...], "seeds",
+    "seconds", "methods": {method: {metric: mean}}, "lineage_only": {...}, "no_base": {...},
+    "per_model": {model: {method: {metric}}}}``."""
     unknown = [m for m in methods if m not in LOMO_METHODS]
     if unknown:
         raise ValueError(f"unknown LOMO method(s) {unknown}; known: {', '.join(LOMO_METHODS)}")
@@ -116,9 +119,11 @@ def evaluate_lomo(graph: MatchingGraph, seeds: int = 1, methods=LOMO_METHODS, mo
         if progress is not None:
             progress(i + 1, len(models))
     with_base = [m for m in models if base_of(graph, m) is not None]
+    no_base = [m for m in models if m not in with_base]
     return {"models": models, "with_base": with_base, "seeds": seeds, "seconds": round(time.perf_counter() - t0, 1),
             "methods": {k: _mean([per[m][k] for m in models]) for k in methods},
             "lineage_only": {k: _mean([per[m][k] for m in with_base]) for k in methods} if with_base else {},
+            "no_base": {k: _mean([per[m][k] for m in no_base]) for k in methods} if no_base else {},
             "per_model": per}
 
 
@@ -153,15 +158,19 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 def to_markdown(res: dict) -> str:
-    """The LOMO table: methods × (top-1, regret, Kendall τ, rank error), all models and those with a base model."""
-    lines = [f"Leave-one-model-out over {len(res['models'])} models ({len(res['with_base'])} with a base model), "
-             f"{res['seeds']} seed(s)", "",
-             "| method | top-1 | regret | Kendall τ | rank err | wins placed first | top-1 (with base) | "
-             "regret (with base) | τ (with base) | rank err (with base) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    """The LOMO tables: methods × (top-1, regret, Kendall τ, rank error, wins placed first), over all models,
+    over those with a base model and over those without."""
+    n_base = len(res["with_base"])
+    lines = [f"Leave-one-model-out over {len(res['models'])} models ({n_base} with a base model), "
+             f"{res['seeds']} seed(s)"]
     nan = float("nan")
-    for k, v in res["methods"].items():
-        w = res["lineage_only"].get(k, {})
-        lines.append(f"| {k} | {v['top1']:.3f} | {v['regret']:.3f} | {v['kendall']:.3f} | {v['rank_err']:.2f} | "
-                     f"{v.get('win_top1', nan):.3f} | {w.get('top1', nan):.3f} | {w.get('regret', nan):.3f} | "
-                     f"{w.get('kendall', nan):.3f} | {w.get('rank_err', nan):.2f} |")
+    for title, rows in (("all models", res["methods"]), (f"the {n_base} with a base model", res["lineage_only"]),
+                        (f"the {len(res['models']) - n_base} without", res.get("no_base", {}))):
+        if not rows:
+            continue
+        lines += ["", f"{title}:", "", "| method | top-1 | regret | Kendall τ | rank err | wins placed first |",
+                  "|---|---|---|---|---|---|"]
+        for k, v in rows.items():
+            lines.append(f"| {k} | {v['top1']:.3f} | {v['regret']:.3f} | {v['kendall']:.3f} | {v['rank_err']:.2f} | "
+                         f"{v.get('win_top1', nan):.3f} |")
     return "\n".join(lines)

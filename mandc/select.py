@@ -100,9 +100,8 @@ class SelectorConfig:
     objective: str = option("rank", "'rank' (LGBMRanker), 'regress' (LGBMRegressor) or 'both'")
     label: str = option("score", "ranker relevance: 'score' = floor(4·score) (0..4), 'rank' = 3/2/1 for the top 3")
     knn: int = option(5, "neighbours for the neighbour features")
-    lineage: bool = option(True, "a model unmeasured on a dataset takes its base models' score there (n.*; "
-                                 "MatchingGraph.inherited_scores) and their positive datasets' GraphSAGE "
-                                 "messages (SageConfig.lineage, unless sage= sets it); False: neither")
+    lineage: bool = option(True, "a model unmeasured on a neighbour dataset takes its base models' score there "
+                                 "(n.*; MatchingGraph.inherited_scores); False: unmeasured is NaN")
     knn_init: float = option(3.0, "> 0: boost from the neighbour prior, init score = knn_init · n.knn_score")
     probe_init: float | None = option(None, "with the probe: + probe_init · z.probe in the init score (None: "
                                             "chosen with the trees by CV from PROBE_GRID)")
@@ -458,7 +457,7 @@ class Selector:
         out = {}
         for k, fold in enumerate(folds):
             gk = graph.without_performance(fold)
-            ek = SageEmbedder(SageConfig(**_sage_overrides(cfg))).fit(gk, seed=cfg.seed + 1 + k)
+            ek = SageEmbedder(SageConfig(**{**cfg.sage, "use_data_edges": cfg.use_data_edges})).fit(gk, seed=cfg.seed + 1 + k)
             for d, e in zip(fold, ek.embed_many(gk, [[d] for d in fold])):
                 out[d] = e
         cache[key] = [out[d] for d in profiled]
@@ -546,21 +545,13 @@ def make_embedder(cfg: SelectorConfig, graph: MatchingGraph):
     from mandc.embed import EMBEDDERS
 
     cls = EMBEDDERS[cfg.embedding]
-    overrides = _sage_overrides(cfg) if cfg.embedding == "sage" else {**cfg.node2vec, "use_data_edges": cfg.use_data_edges}
+    overrides = {**getattr(cfg, cfg.embedding), "use_data_edges": cfg.use_data_edges}
     return cls(cls.Config(**overrides)).fit(graph, seed=cfg.seed)
-
-
-def _sage_overrides(cfg: SelectorConfig) -> dict:
-    """The ``SageConfig`` fields ``cfg`` sets: ``lineage`` follows ``cfg.lineage`` unless ``cfg.sage`` names
-    it, ``use_data_edges`` always follows ``cfg``."""
-    return {"lineage": cfg.lineage, **cfg.sage, "use_data_edges": cfg.use_data_edges}
 
 
 def embedder_key(cfg: SelectorConfig) -> tuple:
     """Selectors with equal keys can share one fitted embedder."""
     sub = getattr(cfg, cfg.embedding) if cfg.embedding != "none" else {}
-    if cfg.embedding == "sage":
-        sub = _sage_overrides(cfg)
     return (cfg.embedding, cfg.use_data_edges, cfg.seed, cfg.crossfit if cfg.embedding == "sage" else 0,
             tuple(sorted(sub.items())))
 

@@ -102,23 +102,3 @@ def test_node2vec_walks_follow_edges_and_it_is_transductive(graph):
     g.add_dataset("/new/target", graph.vector(graph.datasets[0]))
     with pytest.raises(KeyError, match="transductive"):
         n2v.embed(g)
-
-
-def test_sage_embeds_an_unmeasured_child_from_its_parents_datasets(ref):
-    records, models, datasets = ref
-    parent = models[0]
-    child = {"ref": "zoo:child", "features": parent["features"], "info": {"parent": parent["ref"]}}
-    g = MatchingGraph.from_reference(records, models + [child], datasets, k=3)
-    t = GraphTensors.from_graph(g, 3, lineage=True)
-    ci, pi = g.models.index("zoo:child"), g.models.index(parent["ref"])
-    # the child inherits exactly its parent's positive datasets, as dataset → model messages only
-    assert sorted(t.inh[1].tolist()) == sorted(t.pos[1, t.pos[0] == pi].tolist()) and set(t.inh[0].tolist()) == {ci}
-    assert GraphTensors.from_graph(g, 3).inh.numel() == 0
-    on, off = (SageEmbedder(SageConfig(epochs=10, lineage=flag)).fit(g, seed=0) for flag in (True, False))
-    d = g.profiled[0]
-    (zm1, zd1), (zm0, zd0) = on.embed(g, hide=[d]), off.embed(g, hide=[d])
-    # same features, same messages: the child's embedding is its parent's; without lineage it is not
-    assert np.allclose(zm1["zoo:child"], zm1[parent["ref"]]) and not np.allclose(zm0["zoo:child"], zm0[parent["ref"]])
-    # nothing else moves: datasets and measured models embed as without lineage
-    assert all(np.array_equal(zd1[k], zd0[k]) for k in zd0)
-    assert all(np.array_equal(zm1[m], zm0[m]) for m in zm0 if m != "zoo:child")

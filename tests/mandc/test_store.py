@@ -164,3 +164,8 @@ def test_the_stores_lineage_edges_reach_the_graph_and_its_hash(tmp_path, referen
         g = s.graph(k=3)
         assert g.bases("hub:org/tune@abc") == [base]
         assert all(g.inherited_scores(d)["hub:org/tune@abc"] == g.scores(d)[base] for d in g.profiled)
+        # an export keeps the lineage: same rows, same hash, same graph after an import
+        t = Store(":memory:", reference=False)
+        t.import_json(s.export_json(tmp_path / "export.json"))
+        assert t.lineage() == s.lineage() and t.content_hash() == s.content_hash()
+        assert t.graph(k=3).bases("hub:org/tune@abc") == [base]
