@@ -42,6 +42,7 @@ from data.io import atomic_output, atomic_write
 from finetune.device import resolve_device
 from finetune.memory import PeakMemory, enable_gradient_checkpointing_
 from finetune.methods import MethodConfig, TrainData, get_method
+from finetune.train import train_
 
 CHECKPOINT = "checkpoint.pt"
 RESULT = "result.json"
@@ -179,6 +180,7 @@ def run(model, dataset, method: str, config: MethodConfig | dict | None = None, 
         # quantizing method loads first (see PeakMemory.restart_peak); load_peak_bytes keeps that figure.
         meter.restart_peak()
         m.optimizer = m.make_optimizer()
+        base_lrs = [group["lr"] for group in getattr(m.optimizer, "param_groups", ())]  # before any warm-up
         n_trainable = sum(p.numel() for p in m.trainable())
         eval_bs = max(1, cfg.batch_size)
         before = evaluate(model, m, ds.heldout, eval_bs) if evaluate_loss else None
@@ -196,16 +198,12 @@ def run(model, dataset, method: str, config: MethodConfig | dict | None = None, 
                 g.set_state(state["rng"])
                 losses, start = list(state["losses"]), int(state["step"])
 
-        times: list[float] = []
-        for step in range(start, cfg.steps):
-            t0 = time.perf_counter()
-            losses.append(m.step(data, g))
-            times.append(time.perf_counter() - t0)
-            done = step + 1
+        def checkpoint(done: int, losses: list[float]) -> None:
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
                 _save_checkpoint(ckpt, fp, done, m, g, losses)
-            if progress is not None:
-                progress(done, cfg.steps)
+
+        losses, times = train_(m, data, g, base_lrs=base_lrs, start=start, losses=losses, progress=progress,
+                               after_step=checkpoint)
         meter.sample()  # the training peak, before evaluation adds anything
         train_peak = meter.peak_bytes
         after = evaluate(model, m, ds.heldout, eval_bs) if evaluate_loss else None

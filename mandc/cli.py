@@ -375,19 +375,24 @@ def evaluate_cmd(
                                             "baseline and ablation)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Parallel processes (default: one per core)."),
     as_json: bool = typer.Option(False, "--json", help="Print the benchmark JSON instead of the table."),
+    protocol: str = typer.Option("lodo", "--protocol", help="lodo: each profiled dataset held out in turn; lofo: "
+                                 "all datasets of one catalog family at once (a domain nobody profiled)."),
 ) -> None:
-    """Leave-one-dataset-out evaluation of M&C against baselines and ablations (top-1, top-3, rel@1, regret, τ)."""
-    from mandc.evaluate import SELECTOR_NAMES, evaluate, load_graph
+    """Leave-one-dataset-out (or leave-one-family-out) evaluation of M&C against baselines and ablations
+    (top-1, top-3, rel@1, regret, τ)."""
+    from mandc.evaluate import PROTOCOLS, SELECTOR_NAMES, evaluate, load_graph
 
     names = tuple(s.strip() for s in selectors.split(",")) if selectors else SELECTOR_NAMES
     bad = [n for n in names if n not in SELECTOR_NAMES]
     if bad:
         _fail(f"unknown selector(s) {', '.join(bad)}; known: {', '.join(SELECTOR_NAMES)}")
+    if protocol not in PROTOCOLS:
+        _fail(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     try:
         g = load_graph(str(graph) if graph is not None else None)
         with _progress() as prog:
-            task = prog.add_task(f"leave-one-dataset-out, {len(g.profiled)} datasets × {seeds} seeds", total=None)
-            res = evaluate(g, seeds=seeds, selectors=names, workers=workers,
+            task = prog.add_task(f"{protocol}, {len(g.profiled)} datasets × {seeds} seeds", total=None)
+            res = evaluate(g, seeds=seeds, selectors=names, workers=workers, protocol=protocol,
                            progress=lambda d, n: prog.update(task, completed=d, total=n))
     except (ValueError, FileNotFoundError, KeyError) as e:
         _fail(str(e))

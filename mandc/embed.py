@@ -221,6 +221,8 @@ class SageEmbedder:
             raise RuntimeError("SageEmbedder.embed before fit")
         if model_feature_names(graph) != self._feature_names:
             raise ValueError("the graph's model features differ from those the embedder was trained on")
+        if not hides:  # e.g. an empty cross-fitting fold (fewer training datasets than folds)
+            return []
         t = GraphTensors.from_graph(graph, self.cfg.pos_top, self.cfg.use_data_edges, self.cfg.pos_score)
         hidden = torch.tensor([[d in set(h) for d in t.datasets] for h in hides], dtype=torch.bool).reshape(len(hides), -1)
         zm, zd = _batched_forward(self.net, t, hidden)

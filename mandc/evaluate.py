@@ -1,10 +1,16 @@
-"""Leave-one-dataset-out (LODO) evaluation of model selectors on a matching graph.
+"""Leave-one-dataset-out (LODO) and leave-one-family-out (LOFO) evaluation of model selectors on a matching graph.
 
-For every profiled dataset ``d`` and every seed: ``h = graph.without_performance(d)`` (``d`` keeps its
-node and similarity edges, loses every performance edge), each selector is fitted on ``h`` (embeddings
-and predictor rebuilt from scratch) and ranks the models for ``d``; the ranking is scored against
-``d``'s measured matrix row. The seed is the selectors' own randomness (GNN init and masks, node2vec
-walks, LightGBM bagging); the data are the same.
+**LODO** (``protocol="lodo"``): for every profiled dataset ``d`` and every seed, ``h =
+graph.without_performance(d)`` (``d`` keeps its node and similarity edges, loses every performance
+edge), each selector is fitted on ``h`` (embeddings and predictor rebuilt from scratch) and ranks the
+models for ``d``; the ranking is scored against ``d``'s measured matrix row. The seed is the selectors'
+own randomness (GNN init and masks, node2vec walks, LightGBM bagging); the data are the same.
+
+**LOFO** (``protocol="lofo"``): the held-out unit is a catalog family instead: every profiled dataset
+of family ``f`` loses its performance edges at once, the selectors are fitted once on that graph and
+rank the models for each dataset of ``f``. Under LODO a held-out dataset keeps siblings of its own
+family in the graph, so copying the nearest sibling's winner is hard to beat; LOFO asks what a user
+with data from a domain nobody profiled gets. Datasets without a family are held out alone.
 
 Metrics per (selector, seed, dataset), then averaged over datasets, then over seeds:
 
@@ -206,6 +212,8 @@ class EvalResult:
     per_seed: dict = field(default_factory=dict)
     per_dataset: dict = field(default_factory=dict)
     seconds: float = 0.0
+    protocol: str = "lodo"
+    groups: int = 0                    # held-out units: datasets (lodo) or families (lofo)
 
     def summary(self) -> dict[str, dict[str, float]]:
         return {n: {k: float(np.mean(v)) for k, v in ms.items()} for n, ms in self.per_seed.items()}
@@ -216,14 +224,16 @@ class EvalResult:
 
     def to_json(self) -> dict:
         """The benchmark JSON of the issue: matrix, noise ceiling, and the mean metrics per selector."""
-        return {"matrix": self.matrix, "noise_ceiling": self.noise_ceiling,
+        return {"protocol": self.protocol, "matrix": self.matrix, "noise_ceiling": self.noise_ceiling,
                 "selectors": {n: {k: round(v, 4) for k, v in s.items()} for n, s in self.summary().items()}}
 
     def to_markdown(self) -> str:
         s, sd = self.summary(), self.spread()
         m = self.matrix
         nc = "n/a" if self.noise_ceiling is None else f"{self.noise_ceiling:.1%}"
-        lines = [f"Leave-one-dataset-out over {m['datasets']} datasets × {m['models']} models, "
+        unit = ("Leave-one-dataset-out" if self.protocol == "lodo"
+                else f"Leave-one-family-out ({self.groups} families held out in turn)")
+        lines = [f"{unit} over {m['datasets']} datasets × {m['models']} models, "
                  f"{len(self.seeds)} seeds ({self.seconds:.0f} s). Most frequent winner is best on "
                  f"{m['max_winner_share']:.1%} of the datasets; {m['distinct_winners']} distinct winners. "
                  f"Noise ceiling (same winner under two fine-tuning seeds): {nc}.", "",
@@ -235,60 +245,88 @@ class EvalResult:
         return "\n".join(lines)
 
 
-def _fit_predict(name: str, seed: int, h: MatchingGraph, d: str, probe: dict, base: SelectorConfig | None,
-                 embedders: dict) -> dict[str, float]:
+def _fit(name: str, seed: int, h: MatchingGraph, base: SelectorConfig | None, embedders: dict):
+    """``(fitted selector, uses the probe)`` for ``name`` on ``h``."""
     cfg = selector_config(name, seed, base)
     if cfg is None:
-        sel = _SEEDLESS[name]().fit(h)
-        return sel.predict(h, d, probe=probe if name in _PROBED else None)
+        return _SEEDLESS[name]().fit(h), name in _PROBED
     key = embedder_key(cfg)
     if key not in embedders:
         embedders[key] = make_embedder(cfg, h)
-    sel = Selector(cfg).fit(h, embedder=embedders[key])
-    return sel.predict(h, d, probe=probe if cfg.probe else None)
+    return Selector(cfg).fit(h, embedder=embedders[key]), cfg.probe
+
+
+PROTOCOLS = ("lodo", "lofo")
+
+
+def held_out_groups(graph: MatchingGraph, protocol: str = "lodo", datasets: list[str] | None = None
+                    ) -> list[list[str]]:
+    """The units that leave the graph together: one dataset each (``lodo``), or the datasets of one
+    catalog family (``lofo``; first-appearance order; a dataset without a family alone)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    datasets = list(datasets or graph.profiled)
+    if protocol == "lodo":
+        return [[d] for d in datasets]
+    groups: dict[str, list[str]] = {}
+    for d in datasets:
+        groups.setdefault(graph.family(d) or f"dataset:{d}", []).append(d)
+    return list(groups.values())
 
 
 def evaluate_seed(graph: MatchingGraph, seed: int, selectors=SELECTOR_NAMES, base: SelectorConfig | None = None,
-                  datasets: list[str] | None = None, truth: MatchingGraph | None = None
-                  ) -> dict[str, dict[str, dict[str, float]]]:
+                  datasets: list[str] | None = None, truth: MatchingGraph | None = None,
+                  groups: list[list[str]] | None = None) -> dict[str, dict[str, dict[str, float]]]:
     """``{selector: {dataset: metrics}}`` of one seed (the random baseline exactly, without fitting).
+
+    Each group of ``groups`` (default: each dataset of ``datasets`` alone, i.e. LODO) leaves the graph
+    together; the selectors are fitted once per group and rank the models for each of its datasets.
     ``truth``: the graph whose measured rows score the rankings (default ``graph``; a partly measured
     ``graph`` is scored against the full matrix this way, as ``benchmarks/active.py`` does)."""
     out: dict = {n: {} for n in selectors}
     timing = {n: 0.0 for n in selectors}
     truth = graph if truth is None else truth
     has_probe = all(len(truth.zero_shot(d)) == len(truth.scores(d)) for d in truth.profiled)
-    for d in datasets or graph.profiled:
-        scores, raw = truth.scores(d), truth.raw(d)
-        probe = truth.zero_shot(d)  # measured before fine-tuning: what a user gets from forward passes
-        h = graph.without_performance(d)
+    for group in groups or [[d] for d in datasets or graph.profiled]:
+        h = graph.without_performance(group)
         embedders: dict = {}
         for name in selectors:
             t0 = time.perf_counter()
-            if name == "random":
-                out[name][d] = random_expectation(scores, raw)
-            elif name not in _PROBED or has_probe:
-                out[name][d] = score_ranking(_fit_predict(name, seed, h, d, probe, base, embedders), scores, raw)
+            fitted = None
+            for d in group:
+                scores, raw = truth.scores(d), truth.raw(d)
+                if name == "random":
+                    out[name][d] = random_expectation(scores, raw)
+                    continue
+                if name in _PROBED and not has_probe:
+                    break
+                if fitted is None:
+                    fitted = _fit(name, seed, h, base, embedders)
+                sel, probed = fitted
+                probe = truth.zero_shot(d)  # measured before fine-tuning: what a user gets from forward passes
+                out[name][d] = score_ranking(sel.predict(h, d, probe=probe if probed else None), scores, raw)
             timing[name] += time.perf_counter() - t0  # includes the shared embedder for its first user
     evaluate_seed.last_timing = timing
     return {n: v for n, v in out.items() if v}
 
 
 def _job(args):
-    graph_json, seed, selectors, base, datasets = args
+    graph_json, seed, selectors, base, groups = args
     import torch
 
     torch.set_num_threads(1)
-    return seed, evaluate_seed(MatchingGraph.from_json(graph_json), seed, selectors, base, datasets)
+    return seed, evaluate_seed(MatchingGraph.from_json(graph_json), seed, selectors, base, groups=groups)
 
 
 def evaluate(graph: MatchingGraph, seeds: int = 5, selectors=SELECTOR_NAMES, base: SelectorConfig | None = None,
-             workers: int | None = None, datasets: list[str] | None = None, progress=None) -> EvalResult:
-    """LODO over ``graph``'s profiled datasets (or the given subset) for seeds ``0..seeds-1``.
+             workers: int | None = None, datasets: list[str] | None = None, progress=None,
+             protocol: str = "lodo") -> EvalResult:
+    """LODO (or ``protocol="lofo"``) over ``graph``'s profiled datasets (or the given subset) for seeds
+    ``0..seeds-1``.
 
     ``workers`` processes (default: ``min(seeds, cpu count)``; 1 = in this process) share the work as
-    (seed, 8 datasets) tasks so that they finish together; ``progress(done, total)`` is called after each
-    task."""
+    (seed, ~8 datasets) tasks so that they finish together; ``progress(done, total)`` is called after
+    each task."""
     unknown = [s for s in selectors if s not in SELECTOR_NAMES]
     if unknown:
         raise ValueError(f"unknown selector(s) {unknown}; known: {', '.join(SELECTOR_NAMES)}")
@@ -298,7 +336,16 @@ def evaluate(graph: MatchingGraph, seeds: int = 5, selectors=SELECTOR_NAMES, bas
         raise ValueError(f"seeds must be ≥ 1, got {seeds}")
     t0 = time.perf_counter()
     datasets = list(datasets or graph.profiled)
-    chunks = [datasets[i:i + 8] for i in range(0, len(datasets), 8)]
+    groups = held_out_groups(graph, protocol, datasets)
+    if len(groups) < 2:
+        raise ValueError(f"{protocol} needs at least 2 held-out groups, the graph's profiled datasets make {len(groups)}")
+    chunks, size = [], 0  # whole groups, about 8 datasets a task
+    for grp in groups:
+        if not chunks or size + len(grp) > 8:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(grp)
+        size += len(grp)
     tasks = [(s, c) for s in range(seeds) for c in chunks]
     workers = min(seeds, os.cpu_count() or 1) if workers is None else max(1, workers)
     results: dict[int, dict] = {s: {} for s in range(seeds)}
@@ -309,7 +356,7 @@ def evaluate(graph: MatchingGraph, seeds: int = 5, selectors=SELECTOR_NAMES, bas
 
     if workers == 1:
         for i, (s, c) in enumerate(tasks, 1):
-            merge(s, evaluate_seed(graph, s, selectors, base, c))
+            merge(s, evaluate_seed(graph, s, selectors, base, groups=c))
             if progress:
                 progress(i, len(tasks))
     else:
@@ -323,7 +370,8 @@ def evaluate(graph: MatchingGraph, seeds: int = 5, selectors=SELECTOR_NAMES, bas
                 merge(*f.result())
                 if progress:
                     progress(i, len(tasks))
-    res = EvalResult(matrix=matrix_stats(graph), noise_ceiling=noise_ceiling(graph), seeds=list(range(seeds)))
+    res = EvalResult(matrix=matrix_stats(graph), noise_ceiling=noise_ceiling(graph), seeds=list(range(seeds)),
+                     protocol=protocol, groups=len(groups))
     for n in [n for n in selectors if n in results[0]]:
         ds = [d for d in datasets if d in results[0][n]]  # a fixed order: float sums must not depend on timing
         res.per_seed[n] = {k: [float(np.mean([results[s][n][d][k] for d in ds])) for s in range(seeds)] for k in METRICS}

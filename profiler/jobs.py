@@ -23,11 +23,9 @@ is recorded as ``status="failed"`` with the error, so a campaign goes on with th
 of device memory (``torch.OutOfMemoryError``) is recorded as ``status="did_not_fit"`` with the memory the
 job asked for (:mod:`profiler.schema`).
 
-**LR warm-up.** ``config["warmup_steps"] = W`` (a profiler-level budget key) ramps the learning rate
-linearly over the first W optimizer steps, ``lr·min(1, (k+1)/W)`` at step k (the zoo's pretraining
-schedule, :mod:`finetune.train`). Method configs have no schedule option, so the profiler applies it
-around ``finetune.run`` with a temporary optimizer step hook; if the method's config gains a
-``warmup_steps`` option, the key is passed through to it instead.
+**LR warm-up.** ``config["warmup_steps"] = W`` ramps the learning rate linearly over the first W
+optimizer steps, ``lr·min(1, (k+1)/W)`` at step k: it is a method-config option like the others
+(:class:`finetune.methods.MethodConfig`), applied by ``finetune.run``.
 
 **Per-process caches** (a worker runs many jobs): the loaded pipeline of the last two models, the
 resolved datasets, and the caption embeddings of the frozen text encoder. Every job still starts from
@@ -58,7 +56,6 @@ from profiler.schema import (STATUSES, ProfileJob, ProfileRecord, canonical_json
                              light_versions, utc_now)
 
 #: Job-config keys the profiler handles itself (not passed to the method config unless it has them).
-PROFILER_KEYS = ("warmup_steps",)
 #: Methods whose zero-shot loss is the pretrained model's own (preparing the model changes neither its
 #: function nor uses randomness), so jobs that differ only in the seed share it (see :func:`run_job`).
 SEED_FREE_ZERO_SHOT = ("full",)
@@ -94,12 +91,11 @@ def run_job(job: ProfileJob | dict, workdir: str | os.PathLike | None = None, *,
         _quiet_loading()
         method_cls = get_method(job.method)
         options = method_cls.Config.help()
-        config = {k: v for k, v in job.config.items() if k not in PROFILER_KEYS or k in options}
+        config = dict(job.config)
         config["seed"] = job.seed
         if "checkpoint_every" in options:  # no resumable checkpoints: the job is the unit of resumption
             config.setdefault("checkpoint_every", 0)
         cfg = resolve_config(job.method, config)  # fail fast on a bad option, before loading anything
-        warmup = int(job.config.get("warmup_steps", 0)) if "warmup_steps" not in options else 0
         dev = resolve_device(device)
         # the dataset first: it is cheap and fails fast; a model ref may mean building a zoo model
         dataset = _dataset(job.dataset) if cache else load_dataset(job.dataset)
@@ -109,7 +105,7 @@ def run_job(job: ProfileJob | dict, workdir: str | os.PathLike | None = None, *,
         tmp = tempfile.mkdtemp(prefix=f"job-{job.job_id}-", dir=workdir)
         reuse = (zero_shot_loss is not None and job.method in SEED_FREE_ZERO_SHOT
                  and not isinstance(model, (str, os.PathLike)))
-        with _linear_warmup(warmup), _caption_cache(model, enabled=cache and not method_cls.trains_text):
+        with _caption_cache(model, enabled=cache and not method_cls.trains_text):
             res = run(model, dataset, job.method, config, tmp, device=dev, resume=False, force=True,
                       evaluate_loss=not reuse)
             if reuse:  # exactly finetune.run's own evaluation after training (its eval batch = the batch size)
@@ -230,34 +226,6 @@ def _quiet_loading() -> None:
     transformers_logging.disable_progress_bar()
 
 
-
-
-# ------------------------------------------------------------------------------------- LR warm-up
-@contextlib.contextmanager
-def _linear_warmup(steps: int):
-    """While active, every torch optimizer's k-th ``step()`` (k = 0, 1, ...) uses ``lr·min(1, (k+1)/steps)``
-    of its initial lr. A process-wide optimizer hook, removed on exit: a worker runs one job at a time."""
-    if steps <= 1:
-        yield
-        return
-    from torch.optim.optimizer import register_optimizer_step_pre_hook
-
-    def hook(opt, args, kwargs):
-        k = getattr(opt, "_profiler_warmup_k", 0)
-        if k == 0:
-            opt._profiler_base_lrs = [g["lr"] for g in opt.param_groups]
-        if k <= steps:  # from step `steps - 1` on the factor is 1; the extra call restores the base lr exactly
-            for g, lr in zip(opt.param_groups, opt._profiler_base_lrs):
-                g["lr"] = lr * min(1.0, (k + 1) / steps)
-        opt._profiler_warmup_k = k + 1
-
-    handle = register_optimizer_step_pre_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 # ------------------------------------------------------------------------------- per-process caches
 @functools.lru_cache(maxsize=2)
 def _loaded_pipeline(ref: str):
@@ -352,4 +320,4 @@ def _weights_fingerprint(module) -> str:
 
 
 __all__ = ["STATUSES", "ProfileJob", "ProfileRecord", "run_job", "canonical_json", "describe_error", "model_fingerprint",
-           "oom_request_bytes", "PROFILER_KEYS", "SEED_FREE_ZERO_SHOT"]
+           "oom_request_bytes", "SEED_FREE_ZERO_SHOT"]

@@ -50,7 +50,7 @@ from profiler.jobs import ProfileJob
 
 METHOD = "full"
 STEPS = 80
-#: Method-config overrides of every reference job (``warmup_steps`` is applied by the profiler).
+#: Method-config overrides of every reference job.
 BUDGET = {"batch_size": 8, "lr": 3e-4, "warmup_steps": 5}
 PROFILED_PER_FAMILY = 4
 

@@ -36,8 +36,8 @@ STATUSES = ("ok", "failed", "did_not_fit")
 class ProfileJob:
     """One (model, dataset, method, budget, seed) to profile.
 
-    ``config`` holds method-config overrides (``{"steps": 20, "batch_size": 8, "lr": 3e-4}``) plus the
-    profiler's ``warmup_steps``; ``seed`` is the fine-tuning seed (so ``config`` may not hold one).
+    ``config`` holds method-config overrides (``{"steps": 20, "batch_size": 8, "lr": 3e-4,
+    "warmup_steps": 5}``); ``seed`` is the fine-tuning seed (so ``config`` may not hold one).
     """
 
     model: str

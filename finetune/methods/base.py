@@ -45,6 +45,12 @@ class MethodConfig:
     max_grad_norm: float = option(0.0, "global-norm gradient clipping (0: off; not with remainder-in-backward)")
     timestep_min: int = option(0, "timesteps are drawn uniformly from [timestep_min, timestep_max)")
     timestep_max: int = option(1000, "upper end (exclusive) of the timestep range, of T=1000")
+    warmup_steps: int = option(0, "linear learning-rate warm-up: step k (from 0) uses lr·min(1, (k+1)/warmup_steps) "
+                                  "(0 or 1: constant lr; zo-ti keeps its constant lr)")
+    p_uncond: float = option(0.0, "probability that a training prompt is replaced by the empty prompt (caption "
+                                  "dropout, which classifier-free guidance needs; 0.1 is the usual pretraining value)")
+    snr_gamma: float | None = option(None, "Min-SNR-γ loss weighting (diffusers' --snr_gamma; 5.0 is its usual "
+                                           "value; none: plain MSE)")
     checkpoint_every: int = option(100, "save a resumable checkpoint every N steps (0: only at the end)")
     gradient_checkpointing: bool = option(False, "recompute the denoiser's activations in backward instead of "
                                                  "keeping them (diffusers' --gradient_checkpointing): less memory, "
@@ -64,6 +70,12 @@ class MethodConfig:
                              "with optimizer='remainder-in-backward' (which steps inside backward)")
         if not 0 <= self.timestep_min < self.timestep_max <= 1000:
             raise ValueError(f"need 0 ≤ timestep_min < timestep_max ≤ 1000, got {self.timestep_min}, {self.timestep_max}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be ≥ 0, got {self.warmup_steps}")
+        if not 0 <= self.p_uncond < 1:
+            raise ValueError(f"p_uncond must be in [0, 1), got {self.p_uncond}")
+        if self.snr_gamma is not None and not self.snr_gamma > 0:
+            raise ValueError(f"snr_gamma must be > 0 or none, got {self.snr_gamma}")
         if "{caption}" not in self.template and "{token}" not in self.template:
             raise ValueError(f"template {self.template!r} uses neither {{caption}} nor {{token}}")
 
@@ -156,11 +168,28 @@ def _parse_field(key: str, text: str, tp, help: str):
 @dataclass
 class TrainData:
     """What a method trains on: ``x0`` ``[N, C, h, w]`` (pixels or VAE latents, encoded once), the prompt
-    per image, and — when the text encoder is frozen and the prompts fixed — their embeddings ``[N, L, D]``."""
+    per image, and — when the text encoder is frozen and the prompts fixed — their embeddings: ``cond``
+    ``[N, L, D]``, or ``[U, L, D]`` (one row per distinct prompt) with ``cond_index`` ``[N]`` (long) into it.
+    ``weights`` ``[N]`` (non-negative, positive sum) makes batches draw image ``i`` with probability
+    ``w_i / Σw``, with replacement (a pretraining mixture is just per-image weights); None: uniform."""
 
     x0: torch.Tensor
     prompts: list[str]
     cond: torch.Tensor | None = None
+    cond_index: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        n = self.x0.shape[0]
+        if n == 0:
+            raise ValueError("TrainData: no training images")
+        if len(self.prompts) != n:
+            raise ValueError(f"TrainData: {n} images but {len(self.prompts)} prompts")
+        if self.cond_index is not None and (self.cond is None or self.cond_index.shape != (n,)):
+            raise ValueError(f"TrainData: cond_index must be [{n}] and needs cond")
+        if self.weights is not None and (self.weights.shape != (n,) or not bool((self.weights >= 0).all())
+                                         or float(self.weights.sum()) <= 0):
+            raise ValueError(f"TrainData: weights must be [{n}], non-negative, with a positive sum")
 
     def __len__(self) -> int:
         return self.x0.shape[0]
@@ -195,6 +224,7 @@ class Method:
     def __init__(self, model, config: MethodConfig):
         self.model, self.config = model, config
         self.optimizer = None
+        self._uncond = None  # the empty prompt's embedding [1, L, D], encoded on first use (p_uncond)
 
     # -- memory estimate (finetune.estimate) ------------------------------------------------------------
     @classmethod
@@ -239,23 +269,42 @@ class Method:
         lo, hi = int(c.timestep_min * scale), int(c.timestep_max * scale)
         return torch.randint(lo, hi, (n,), generator=g)
 
-    def conditioning(self, data: TrainData, idx: torch.Tensor) -> torch.Tensor:
-        if data.cond is not None and not self.trains_text:
-            return data.cond[idx]
-        return self.model.encode_prompt([data.prompts[i] for i in idx.tolist()])
+    def batch_indices(self, data: TrainData, g: torch.Generator) -> torch.Tensor:
+        """``[batch_size]`` image indices: uniform, or by ``data.weights``; with replacement."""
+        n = self.config.batch_size
+        if data.weights is None:
+            return torch.randint(len(data), (n,), generator=g)
+        return torch.multinomial(data.weights, n, replacement=True, generator=g)
 
-    def loss(self, data: TrainData, idx: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Denoising loss on images ``idx`` at timesteps ``t`` ``[B]`` with ``noise`` (shape of ``x0[idx]``)."""
-        batch = {"x0": data.x0[idx], "encoder_hidden_states": self.conditioning(data, idx)}
-        return self.model.training_loss(batch, timesteps=t, noise=noise)
+    def conditioning(self, data: TrainData, idx: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+        """Prompt embeddings ``[B, L, D]`` of images ``idx``; where ``drop`` ``[B]`` (bool) is set, the empty
+        prompt's instead."""
+        if data.cond is not None and not self.trains_text:
+            cond = data.cond[idx if data.cond_index is None else data.cond_index[idx]]
+        else:
+            cond = self.model.encode_prompt([data.prompts[i] for i in idx.tolist()])
+        if drop is not None:
+            if self._uncond is None:
+                self._uncond = self.model.empty_prompt_embedding().to(cond.device, cond.dtype)
+            cond = torch.where(drop[:, None, None].to(cond.device), self._uncond, cond)
+        return cond
+
+    def loss(self, data: TrainData, idx: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+             drop: torch.Tensor | None = None) -> torch.Tensor:
+        """Denoising loss on images ``idx`` at timesteps ``t`` ``[B]`` with ``noise`` (shape of ``x0[idx]``),
+        the prompts ``drop`` ``[B]`` marks replaced by the empty one, Min-SNR-γ weighted if ``snr_gamma``."""
+        batch = {"x0": data.x0[idx], "encoder_hidden_states": self.conditioning(data, idx, drop)}
+        return self.model.training_loss(batch, timesteps=t, noise=noise, snr_gamma=self.config.snr_gamma)
 
     def step(self, data: TrainData, g: torch.Generator) -> float:
-        """One gradient step; returns the loss. ``g`` seeds the batch, timesteps and noise."""
+        """One gradient step; returns the loss. ``g`` seeds, in this order, the batch, the dropped prompts
+        (only when ``p_uncond > 0``), the timesteps and the noise."""
         c = self.config
-        idx = torch.randint(len(data), (c.batch_size,), generator=g)
+        idx = self.batch_indices(data, g)
+        drop = torch.rand(c.batch_size, generator=g) < c.p_uncond if c.p_uncond > 0 else None
         t = self.sample_timesteps(c.batch_size, g)
         noise = torch.randn(data.x0[idx].shape, generator=g)
-        loss = self.loss(data, idx, t, noise)
+        loss = self.loss(data, idx, t, noise, drop)
         loss.backward()
         if c.max_grad_norm > 0 and c.optimizer in ("adamw", "fp32-master"):
             torch.nn.utils.clip_grad_norm_(self.trainable(), c.max_grad_norm)

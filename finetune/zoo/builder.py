@@ -38,6 +38,8 @@ GRID_PROMPTS = 24        # samples in each model's card grid (3 rows of 8)
 GRID_GUIDANCE = 2.0      # classifier-free guidance scale used for the card grid
 GRID_STEPS = 25          # DDIM steps for the card grid
 _SHARED_MIN_BYTES = 1 << 20  # text-encoder files at least this big go to the shared store
+P_UNCOND = 0.1           # caption dropout while pretraining, so classifier-free guidance works later
+GRAD_CLIP = 1.0          # global-norm gradient clipping while pretraining
 
 
 def zoo_home() -> Path:
@@ -122,12 +124,12 @@ def _catalog_pairs(dataset: str, n: int):
 
 
 def pretraining_data(spec: ZooSpec, model):
-    """``(EncodedData, datasets, captions)`` for ``spec``'s mixture: every catalog dataset of each mixture
-    family, with per-example weights ``w_family / (Σw · n_family)``."""
+    """``(TrainData, datasets, captions)`` for ``spec``'s mixture: every catalog dataset of each mixture
+    family, with per-example weights ``w_family / (Σw · n_family)``; each distinct caption encoded once."""
     import torch
 
     from data.catalog import list_catalog
-    from finetune.train import EncodedData
+    from finetune.methods import TrainData
 
     total = sum(spec.mixture.values())
     pixels, captions, weights, datasets = [], [], [], []
@@ -145,8 +147,26 @@ def pretraining_data(spec: ZooSpec, model):
         pixels += fam_px
         captions += fam_caps
         weights.append(torch.full((n,), w / (total * n), dtype=torch.float64))
-    data = EncodedData.encode(model, torch.cat(pixels), captions, torch.cat(weights), cache=_CAPTION_CACHE)
+    emb, index = _encode_captions(model, captions)
+    data = TrainData(x0=torch.cat(pixels).float(), prompts=captions, cond=emb, cond_index=index,
+                     weights=torch.cat(weights))
     return data, datasets, captions
+
+
+def _encode_captions(model, captions: list[str], batch_size: int = 256):
+    """``(embeddings [U, L, D], index [N])``: each distinct caption encoded once with ``model.encode_prompt``,
+    read from and added to the process-wide ``_CAPTION_CACHE``."""
+    import torch
+
+    unique = list(dict.fromkeys(captions))
+    todo = [c for c in unique if c not in _CAPTION_CACHE]
+    with torch.no_grad():
+        for i in range(0, len(todo), batch_size):
+            chunk = todo[i:i + batch_size]
+            _CAPTION_CACHE.update(zip(chunk, model.encode_prompt(chunk).cpu()))
+    pos = {c: i for i, c in enumerate(unique)}
+    return (torch.stack([_CAPTION_CACHE[c] for c in unique]),
+            torch.tensor([pos[c] for c in captions], dtype=torch.long))
 
 
 def _grid_prompts(spec: ZooSpec, captions: list[str], data) -> list[str]:
@@ -230,7 +250,6 @@ def build(name: str, force: bool = False, steps: int | None = None,
     """
     from finetune.images import save_grid
     from finetune.model import T2IModel
-    from finetune.train import TrainConfig, train_denoiser
 
     spec = get_spec(name)
     final = zoo_path(name)
@@ -251,16 +270,17 @@ def build(name: str, force: bool = False, steps: int | None = None,
                 model = T2IModel(MandcPixelPipeline.from_pretrained(str(build(spec.parent))))
                 lineage = load_card(spec.parent)["lineage"]
             data, datasets, captions = pretraining_data(spec, model)
-            config = TrainConfig(steps=spec.steps if steps is None else steps, batch_size=spec.batch_size,
-                                 lr=spec.lr, warmup_steps=spec.warmup_steps, snr_gamma=spec.snr_gamma,
-                                 seed=spec.seed)
-            result = train_denoiser(model, data, config, progress)
+            config = pretraining_config(spec, steps)
+            t_train = time.perf_counter()
+            losses = pretrain_(model, data, config, progress)
+            t_train = time.perf_counter() - t_train
             model.pipeline.save_pretrained(str(tmp))
             _share_text_encoder(tmp)
             prompts = _grid_prompts(spec, captions, data)
             images = model.sample(prompts, steps=GRID_STEPS, seed=0, guidance_scale=GRID_GUIDANCE)
             save_grid(images, tmp / "samples.png", nrow=8)
-            meta = _card_meta(spec, model, config, result, datasets, len(data), lineage, time.perf_counter() - t0)
+            meta = _card_meta(spec, model, config, losses, t_train, datasets, len(data), lineage,
+                              time.perf_counter() - t0)
             write_card(tmp, meta, _card_body(spec, meta, prompts))
             os.chmod(tmp, 0o755)  # mkdtemp makes it private; a model folder is an ordinary shared folder
             if final.exists():  # force: move the old build aside first (a directory rename is atomic)
@@ -273,13 +293,43 @@ def build(name: str, force: bool = False, steps: int | None = None,
     return final
 
 
-def _card_meta(spec: ZooSpec, model, config, result, datasets: list[str], n_images: int, lineage: list[dict],
+def pretraining_config(spec: ZooSpec, steps: int | None = None) -> dict:
+    """The ``full`` method's config that pretrains ``spec`` (``steps`` overrides the spec's step count)."""
+    return {"steps": spec.steps if steps is None else steps, "batch_size": spec.batch_size, "lr": spec.lr,
+            "warmup_steps": spec.warmup_steps, "snr_gamma": spec.snr_gamma, "seed": spec.seed,
+            "p_uncond": P_UNCOND, "max_grad_norm": GRAD_CLIP, "checkpoint_every": 0}
+
+
+def pretrain_(model, data, config: dict, progress: Callable[[int, int], None] | None = None) -> list[float]:
+    """Train ``model``'s denoiser in place on ``data`` with the ``full`` method and ``config`` (see
+    :func:`pretraining_config`), through the one training loop; returns the per-step losses (none for 0
+    steps: the weights stay as they are, e.g. a descendant's copy of its parent)."""
+    import torch
+
+    if config["steps"] == 0:
+        model.denoiser.eval()
+        return []
+
+    from finetune.methods import get_method
+    from finetune.train import train_
+
+    cls = get_method("full")
+    m = cls(model, cls.Config.from_dict(config))
+    m.config.validate()
+    m.setup_()
+    m.optimizer = m.make_optimizer()
+    losses, _ = train_(m, data, torch.Generator("cpu").manual_seed(m.config.seed), progress=progress)
+    model.denoiser.eval()
+    return losses
+
+
+def _card_meta(spec: ZooSpec, model, config: dict, losses: list[float], train_s: float, datasets: list[str], n_images: int, lineage: list[dict],
                seconds: float) -> dict:
     total = sum(spec.mixture.values())
     mixture = {k: round(v / total, 4) for k, v in spec.mixture.items()}
-    tail = result.losses[-50:]
+    tail = losses[-50:]
     # dict(mixture): a copy, so the YAML card spells it out instead of using an &anchor
-    lineage = lineage + [{"model": spec.name, "mixture": dict(mixture), "steps": config.steps}]
+    lineage = lineage + [{"model": spec.name, "mixture": dict(mixture), "steps": config["steps"]}]
     return {
         "library_name": "diffusers",
         "pipeline_tag": "text-to-image",
@@ -299,18 +349,18 @@ def _card_meta(spec: ZooSpec, model, config, result, datasets: list[str], n_imag
         "datasets": datasets,
         "dataset_seed": PRETRAIN_SEED,
         "n_images": n_images,
-        "steps": config.steps,
-        "batch_size": config.batch_size,
-        "lr": config.lr,
-        "warmup_steps": config.warmup_steps,
-        "snr_gamma": config.snr_gamma,
+        "steps": config["steps"],
+        "batch_size": config["batch_size"],
+        "lr": config["lr"],
+        "warmup_steps": config["warmup_steps"],
+        "snr_gamma": config["snr_gamma"],
         "seed": spec.seed,
         "final_loss": round(sum(tail) / len(tail), 5) if tail else None,
         "resolution": model.resolution,
         "scheduler": dict(SCHEDULER_CONFIG),
         "denoiser_config": {k: list(v) if isinstance(v, tuple) else v for k, v in spec.denoiser.items()},
         "build_seconds": round(seconds, 1),
-        "train_seconds": round(result.seconds, 1),
+        "train_seconds": round(train_s, 1),
         "versions": _versions(),
     }
 
@@ -328,7 +378,7 @@ def _card_body(spec: ZooSpec, meta: dict, prompts: list[str]) -> str:
         *([f"**Initialised from** `zoo:{spec.parent}` ({meta['total_steps'] - meta['steps']} steps of "
            f"pretraining, see its card), then trained further as below.", ""] if spec.parent else []),
         f"**Pretraining.** {meta['steps']} AdamW steps (batch {meta['batch_size']}, lr {meta['lr']}, "
-        f"{meta['warmup_steps']} warmup steps, seed {meta['seed']}, 10% caption dropout for classifier-free "
+        f"{meta['warmup_steps']} warmup steps, seed {meta['seed']}, {P_UNCOND:.0%} caption dropout for classifier-free "
         f"guidance, Min-SNR-γ={meta['snr_gamma']} loss weights) on {meta['n_images']} catalog images from "
         f"{len(meta['datasets'])} datasets; mixture: {mix}. "
         f"Final training loss (weighted v-MSE, mean of the last 50 steps): {meta['final_loss']}. Built in "

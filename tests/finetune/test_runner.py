@@ -73,3 +73,93 @@ def test_trained_hook_gets_the_trained_model_and_is_skipped_for_a_saved_result(s
     again = []
     run(tiny_model(), small_data, "lora", CFG, tmp_path, trained=again.append)
     assert again == []  # result.json answered: nothing was trained, so there is no trained model to hand over
+
+
+# ------------------------------------------------------------------ the one training loop's schedule options
+def test_warmup_lr_is_linear_then_constant():
+    from finetune.train import warmup_lr_
+
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.AdamW([{"params": [p], "lr": 1.0}, {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.5}])
+    base = [g["lr"] for g in opt.param_groups]
+    seen = []
+    for step in range(6):
+        warmup_lr_(opt, base, step, 4)
+        seen.append([g["lr"] for g in opt.param_groups])
+    assert seen == [[0.25, 0.125], [0.5, 0.25], [0.75, 0.375], [1.0, 0.5], [1.0, 0.5], [1.0, 0.5]]
+    warmup_lr_(None, [], 0, 4)  # a gradient-free method has no optimizer: nothing to do
+
+
+def test_run_applies_the_warmup_to_the_optimizer(small_data, tmp_path):
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    lrs = []
+    handle = register_optimizer_step_post_hook(lambda opt, args, kwargs: lrs.append(opt.param_groups[0]["lr"]))
+    try:
+        run(tiny_model(), small_data, "full", {**CFG, "warmup_steps": 2}, tmp_path, evaluate_loss=False)
+    finally:
+        handle.remove()
+    assert lrs == pytest.approx([CFG["lr"] / 2, CFG["lr"], CFG["lr"]])
+
+
+def _encoded(model, n=4, weights=None):
+    """TrainData for ``model``: ``n`` random images, two distinct captions shared through ``cond_index``."""
+    from finetune.methods import TrainData
+
+    g = torch.Generator().manual_seed(0)
+    x0 = model.encode_images(torch.rand(n, 3, model.resolution, model.resolution, generator=g) * 2 - 1)
+    prompts = ["a red circle", "a blue square"] * (n // 2)
+    with torch.no_grad():
+        cond = model.encode_prompt(prompts[:2])
+    return TrainData(x0=x0, prompts=prompts, cond=cond, cond_index=torch.tensor([0, 1] * (n // 2)), weights=weights)
+
+
+def test_weighted_batches_never_draw_a_zero_weight_image():
+    from finetune.methods import get_method
+
+    model = tiny_model()
+    data = _encoded(model, weights=torch.tensor([0.0, 1.0, 0.0, 3.0], dtype=torch.float64))
+    m = get_method("full")(model, get_method("full").Config(batch_size=4000))
+    idx = m.batch_indices(data, torch.Generator().manual_seed(0))
+    counts = torch.bincount(idx, minlength=4)
+    assert counts[0] == 0 and counts[2] == 0 and 0.2 < counts[1] / 4000 < 0.3  # w/Σw = 1/4
+    uniform = m.batch_indices(_encoded(model), torch.Generator().manual_seed(0))
+    assert set(uniform.tolist()) == {0, 1, 2, 3}
+
+
+def test_dropped_prompts_get_the_empty_prompt_and_cond_index_picks_rows():
+    from finetune.methods import get_method
+
+    model = tiny_model()
+    data = _encoded(model)
+    m = get_method("full")(model, get_method("full").Config())
+    idx = torch.tensor([0, 1, 2, 3])
+    cond = m.conditioning(data, idx, drop=torch.tensor([False, True, False, False]))
+    empty = model.empty_prompt_embedding()
+    assert torch.equal(cond[1], empty[0]) and torch.equal(cond[0], data.cond[0]) and torch.equal(cond[3], data.cond[1])
+    assert not torch.equal(cond[0], empty[0])
+
+
+def test_the_loop_trains_on_a_weighted_mixture_deterministically():
+    """What zoo pretraining does: the full method through ``finetune.train.train_`` on encoded, weighted data."""
+    from finetune.zoo.builder import pretrain_
+
+    cfg = {**CFG, "p_uncond": 0.5, "snr_gamma": 5.0, "warmup_steps": 2, "max_grad_norm": 1.0}
+    model, twin = tiny_model(), tiny_model()
+    before = {k: v.clone() for k, v in model.denoiser.state_dict().items()}
+    calls = []
+    losses = pretrain_(model, _encoded(model, weights=torch.ones(4, dtype=torch.float64)), cfg,
+                       progress=lambda *a: calls.append(a))
+    again = pretrain_(twin, _encoded(twin, weights=torch.ones(4, dtype=torch.float64)), cfg)
+    assert len(losses) == 3 and calls == [(1, 3), (2, 3), (3, 3)] and again == losses
+    assert any(not torch.equal(before[k], v) for k, v in model.denoiser.state_dict().items())
+    assert not model.denoiser.training  # left in eval mode, ready to sample
+
+
+def test_bad_schedule_options_and_a_diverging_loss(small_data, tmp_path):
+    for bad, msg in [({"warmup_steps": -1}, "warmup_steps"), ({"p_uncond": 1.0}, "p_uncond"),
+                     ({"snr_gamma": 0.0}, "snr_gamma")]:
+        with pytest.raises(ValueError, match=msg):
+            run(tiny_model(), small_data, "full", {**CFG, **bad}, tmp_path)
+    with pytest.raises(FloatingPointError, match=r"training loss is (nan|inf) at step [12]; lower the lr"):
+        run(tiny_model(), small_data, "full", {**CFG, "lr": 1e30}, tmp_path, evaluate_loss=False)

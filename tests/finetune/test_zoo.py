@@ -151,12 +151,12 @@ def test_lineage_is_checked():
 
 
 def test_failed_build_leaves_nothing(tiny_zoo, monkeypatch):
-    import finetune.train
+    import finetune.zoo.builder
 
     def boom(*a, **k):
         raise RuntimeError("simulated crash")
 
-    monkeypatch.setattr(finetune.train, "train_denoiser", boom)
+    monkeypatch.setattr(finetune.zoo.builder, "pretrain_", boom)
     with pytest.raises(RuntimeError, match="simulated crash"):
         zoo.build("test-unet")
     assert not zoo.is_built("test-unet") and not zoo.zoo_path("test-unet").exists()

@@ -1,4 +1,4 @@
-"""LODO evaluation: metric definitions, the exact random baseline, noise ceiling, matrix stats, the JSON."""
+"""LODO and LOFO evaluation: metric definitions, the exact random baseline, noise ceiling, matrix stats, the JSON."""
 import itertools
 import json
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from mandc.evaluate import (SELECTOR_NAMES, evaluate, load_graph, matrix_stats, noise_ceiling,
+from mandc.evaluate import (SELECTOR_NAMES, evaluate, held_out_groups, load_graph, matrix_stats, noise_ceiling,
                             random_expectation, score_ranking)
 from mandc.graph import MatchingGraph
 from synthetic_reference import make_reference
@@ -67,7 +67,7 @@ def test_evaluate_json_format(graph):
     base = SelectorConfig(sage={"epochs": 15}, n_estimators=30)
     res = evaluate(graph, seeds=2, selectors=sel, base=base, workers=1, datasets=graph.profiled[::3])
     out = json.loads(json.dumps(res.to_json()))
-    assert set(out) == {"matrix", "noise_ceiling", "selectors"}
+    assert set(out) == {"protocol", "matrix", "noise_ceiling", "selectors"} and out["protocol"] == "lodo"
     assert set(out["matrix"]) == {"models", "datasets", "max_winner_share", "distinct_winners"}
     assert out["matrix"]["models"] == 4 and out["matrix"]["datasets"] == 9
     assert 0.0 <= out["noise_ceiling"] <= 1.0
@@ -81,6 +81,39 @@ def test_evaluate_json_format(graph):
     assert "| mandc |" in md and "Noise ceiling" in md
     with pytest.raises(ValueError, match="unknown selector"):
         evaluate(graph, seeds=1, selectors=("oracle",))
+
+
+def test_lofo_holds_out_whole_families(graph, monkeypatch):
+    """Under LOFO every fit sees none of the held-out family's performance edges, each family is held out
+    once, and each of its datasets is scored; with one profiled dataset a family, LOFO is LODO."""
+    from mandc.select import SelectorConfig
+
+    groups = held_out_groups(graph, "lofo")
+    assert sorted(map(sorted, groups)) == sorted(sorted(d for d in graph.profiled if graph.family(d) == f)
+                                                 for f in {graph.family(d) for d in graph.profiled})
+    assert held_out_groups(graph, "lodo") == [[d] for d in graph.profiled]
+    with pytest.raises(ValueError, match="protocol must be one of lodo, lofo"):
+        held_out_groups(graph, "lopo")
+    import mandc.evaluate as ev
+
+    seen = []  # (selector, the profiled datasets of the graph it is fitted on)
+    fit = ev._fit
+    monkeypatch.setattr(ev, "_fit", lambda name, seed, h, *a: seen.append((name, set(h.profiled))) or fit(name, seed, h, *a))
+    base = SelectorConfig(sage={"epochs": 5}, n_estimators=10)
+    sel = ("mandc", "nearest_winner", "random")
+    res = evaluate(graph, seeds=1, selectors=sel, base=base, workers=1, protocol="lofo")
+    everything = set(graph.profiled)
+    for name in ("mandc", "nearest_winner"):  # one fit per family, without exactly that family's datasets
+        missing = sorted(sorted(everything - prof) for n, prof in seen if n == name)
+        assert missing == sorted(map(sorted, groups))
+    assert res.to_json()["protocol"] == "lofo" and "Leave-one-family-out (3 families" in res.to_markdown()
+    assert all(set(res.per_dataset[n]) == everything for n in sel)
+    monkeypatch.setattr(ev, "_fit", fit)
+    single = MatchingGraph.from_reference(*make_reference(n_families=4, per_family=2, n_profiled=1, n_models=4, seed=5), k=3)
+    # 4 profiled datasets: a held-out one leaves 3 for the 4-fold cross-fitting, so one fold is empty
+    lofo = evaluate(single, seeds=1, selectors=sel, base=base, workers=1, protocol="lofo")
+    lodo = evaluate(single, seeds=1, selectors=sel, base=base, workers=1, protocol="lodo")
+    assert lofo.per_dataset == lodo.per_dataset
 
 
 def test_load_graph_from_store_and_export(tmp_path):
@@ -110,6 +143,12 @@ def test_cli_evaluate_on_a_graph_file(graph, tmp_path):
     assert set(out["selectors"]) == {"random", "largest", "nearest_winner", "lgbm_features"}
     r = CliRunner().invoke(app, ["evaluate", "--graph", str(path), "--selectors", "oracle"])
     assert r.exit_code == 2 and "unknown selector" in r.output
+    r = CliRunner().invoke(app, ["evaluate", "--graph", str(path), "--seeds", "1", "--workers", "1", "--protocol",
+                                 "lofo", "--selectors", "random,nearest_winner", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout[r.stdout.index("{"):])["protocol"] == "lofo"
+    r = CliRunner().invoke(app, ["evaluate", "--graph", str(path), "--protocol", "lopo"])
+    assert r.exit_code == 2 and "--protocol must be one of lodo, lofo" in r.output
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")
     r = CliRunner().invoke(app, ["evaluate", "--graph", str(bad)])

@@ -8,7 +8,7 @@ import jobs_tiny
 import pytest
 import torch
 
-from profiler.jobs import ProfileJob, ProfileRecord, _linear_warmup, canonical_json, run_job
+from profiler.jobs import ProfileJob, ProfileRecord, canonical_json, run_job
 
 CFG = jobs_tiny.CFG
 
@@ -113,22 +113,7 @@ def test_failing_job_is_recorded_not_raised(tiny_folder):
     assert ProfileRecord.from_dict(json.loads(json.dumps(rec.to_dict()))) == rec
 
 
-def test_linear_warmup_schedule():
-    p = torch.nn.Parameter(torch.zeros(2))
-    opt = torch.optim.AdamW([p], lr=1.0)
-    seen = []
-    with _linear_warmup(4):
-        for _ in range(6):
-            p.grad = torch.ones(2)
-            opt.step()
-            seen.append(opt.param_groups[0]["lr"])
-    assert seen == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
-    other = torch.optim.SGD([p], lr=0.1)  # the hook is gone after the block
-    other.step()
-    assert other.param_groups[0]["lr"] == 0.1
-
-
-def test_warmup_applies_inside_a_job_and_is_not_a_method_option(tiny_folder):
+def test_a_jobs_warmup_reaches_the_optimizer(tiny_folder):
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     lrs = []
