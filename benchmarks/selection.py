@@ -2,7 +2,7 @@
 
     python benchmarks/selection.py [--seeds 5] [--graph PATH] [--workers N] [--json FILE] [--selectors a,b]
                                    [--knn-init X] [--n-estimators N] [--probe-init W] [--protocol lodo|lofo]
-    python benchmarks/selection.py --lomo [--seeds 1] [--selectors mandc,base_model,...]   (leave-one-model-out)
+    python benchmarks/selection.py --lomo [--seeds 1] [--selectors mandc,no_lineage,base_model,...]   (leave-one-model-out)
 
 For every profiled dataset of the graph (default: the shipped reference, ``data.reference``) and every
 seed, all of that dataset's performance edges are removed, each selector is rebuilt from the rest (graph

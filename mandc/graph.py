@@ -19,6 +19,11 @@ Edges:
   so the best model of ``d`` scores 1 and the worst 0 (all 1 when the models tie or only one is
   profiled). The normalisation of a dataset uses only that dataset's own edges, so removing one
   dataset's edges (leave-one-dataset-out) leaves every other weight unchanged.
+* ``kind="lineage"`` between two models: ``model`` was made from ``base`` (``relation``: ``finetune``,
+  ``adapter``, ``merge`` or ``quantized``, as a Hub card's ``base_model_relation`` says). From a model's
+  card facts (``info["base_model"]``, or the zoo's ``info["parent"]``) and from the store's typed lineage
+  edges (``Store.lineage()``, what ``mandc hub crawl`` records); a base that is no model node of the
+  graph is dropped (there is nothing of it to inherit). :meth:`inherited_scores` reads them.
 * ``kind="sim"`` between two datasets: ``weight`` = cosine similarity of their standardised vectors.
   Each dataset keeps an edge to its ``k`` most similar datasets (the union over both endpoints, so a
   node can have more than ``k``). The standardisation is fixed when the graph is built
@@ -115,12 +120,14 @@ class MatchingGraph:
     # ------------------------------------------------------------------ building
     @classmethod
     def from_reference(cls, records: list[dict], models: list[dict], datasets: list[dict],
-                       k: int = 5, rule: str = "content") -> "MatchingGraph":
+                       k: int = 5, rule: str = "content", lineage: Iterable[dict] = ()) -> "MatchingGraph":
         """The graph of ``models`` lines (``{"ref", "features", "info"}``), ``datasets`` lines
         (``{"ref", "vector", "family", "feature_names"?}``) and ProfileRecords (failed ones are skipped).
 
         The vector standardisation is fitted by :func:`standardisation` (``rule``; by default on the
-        datasets with a family); every dataset then gets sim edges to its ``k`` nearest others. Raises ``ValueError`` for duplicate refs, vectors of different
+        datasets with a family); every dataset then gets sim edges to its ``k`` nearest others. Lineage edges
+        come from each model line's ``info`` (``base_model``, else ``parent``) and from ``lineage``
+        (``[{"model", "base", "relation"}]``, the store's edges). Raises ``ValueError`` for duplicate refs, vectors of different
         lengths, non-finite values, or records that name a model/dataset missing from the lines."""
         if k < 1:
             raise ValueError(f"k must be ≥ 1, got {k}")
@@ -128,6 +135,13 @@ class MatchingGraph:
         g.G.graph["k"] = int(k)
         for m in models:
             g.add_model(m["ref"], m.get("features") or {}, m.get("info") or {})
+        for m in models:
+            info = m.get("info") or {}
+            base = info.get("base_model") or info.get("parent")
+            if isinstance(base, str) and base:
+                g.add_lineage(m["ref"], base, info.get("base_model_relation") or "finetune")
+        for e in lineage:
+            g.add_lineage(e["model"], e["base"], e.get("relation") or "finetune")
         names = next((d["feature_names"] for d in datasets if d.get("feature_names")), None)
         vecs = []
         for d in datasets:
@@ -165,6 +179,20 @@ class MatchingGraph:
             self.G.nodes[node].update(x=dict(features), info=dict(info or {}))
         else:
             self.G.add_node(node, kind="model", x={k: float(v) for k, v in features.items()}, info=dict(info or {}))
+
+    def add_lineage(self, model: str, base: str, relation: str = "finetune") -> list[str]:
+        """Lineage edges ``model → base`` (see the module docstring); ``base`` is a model ref, a bare zoo name
+        (``unet-s-broad`` → ``zoo:unet-s-broad``) or a Hub id without revision (``hub:org/name`` → every
+        ``hub:org/name@<sha>`` node). Returns the base refs linked (none when ``model`` or the base is not a
+        model node of the graph, or the base is ``model`` itself)."""
+        if not self.G.has_node(_mref(model)):
+            return []
+        refs = self.models
+        found = [r for r in (base, f"zoo:{base}") if r in refs][:1] or sorted(r for r in refs if r.startswith(base + "@"))
+        found = [b for b in found if b != model]
+        for b in found:
+            self.G.add_edge(_mref(model), _mref(b), kind="lineage", model=model, base=b, relation=str(relation))
+        return found
 
     def add_dataset(self, ref: str, vector, family: str | None = None) -> None:
         """A new target dataset: a node with sim edges to its ``k`` nearest datasets, no perf edges.
@@ -298,6 +326,36 @@ class MatchingGraph:
         """Model ref → normalised score on ``dataset_ref`` in [0, 1] (higher is better; {} if unprofiled)."""
         return {m: e["weight"] for m, e in self._perf(dataset_ref).items()}
 
+    def bases(self, ref: str) -> list[str]:
+        """The models ``ref`` was made from (its lineage edges), sorted; ``[]`` for a root or a non-model."""
+        node = _mref(ref)
+        if not self.G.has_node(node):
+            return []
+        return sorted(a["base"] for n in self.G.neighbors(node)
+                      if (a := self.G.edges[node, n])["kind"] == "lineage" and a["model"] == ref)
+
+    def inherited_scores(self, dataset_ref: str) -> dict[str, float]:
+        """Model ref → the score it inherits on ``dataset_ref`` through lineage, for every model without a
+        perf edge there: the mean of its bases' scores, a base without one counting with its own inherited
+        score (so a fine-tune of a fine-tune reaches the profiled ancestor). Models with a perf edge there,
+        and those with no measured ancestor, are absent: measured evidence is never overridden."""
+        measured = self.scores(dataset_ref)
+        memo: dict[str, float | None] = {}
+
+        def value(m: str, seen: frozenset) -> float | None:
+            if m in measured:
+                return measured[m]
+            if m not in memo:
+                vals = [v for b in self.bases(m) if b not in seen and (v := value(b, seen | {b})) is not None]
+                memo[m] = float(np.mean(vals)) if vals else None
+            return memo[m]
+
+        out = {}
+        for m in self.models:
+            if m not in measured and (v := value(m, frozenset({m}))) is not None:
+                out[m] = v
+        return out
+
     def winner(self, dataset_ref: str) -> str | None:
         """The best model on ``dataset_ref``: the highest normalised score (= the lowest mean held-out loss);
         among exactly tied models, the ref that sorts first (as :func:`mandc.select.rank_of` orders them).
@@ -392,7 +450,8 @@ class MatchingGraph:
 
     def __repr__(self) -> str:
         return (f"MatchingGraph({len(self.models)} models, {len(self.datasets)} datasets "
-                f"({len(self.profiled)} profiled), {len(self.edges('perf'))} perf + {len(self.edges('sim'))} sim edges)")
+                f"({len(self.profiled)} profiled), {len(self.edges('perf'))} perf + {len(self.edges('sim'))} sim edges"
+                + (f", {n} lineage" if (n := len(self.edges('lineage'))) else "") + ")")
 
     # ------------------------------------------------------------------ JSON
     def to_json(self) -> dict:

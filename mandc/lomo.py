@@ -13,19 +13,26 @@ placed first. Averaged over datasets, then over the held-out models, then seeds.
 Methods (how ``m``'s position on ``d`` is chosen):
 
 * ``mandc`` / ``lgbm_features`` — the fitted selector (:mod:`mandc.evaluate`'s configs) predicts all
-  models on ``d``; ``m`` goes below the others it predicts above it. The selector does not read lineage:
-  it sees ``m``'s features (shape, card embedding, pretraining mixture) only.
-* ``base_model`` — lineage alone: ``m`` takes its base model's measured score on ``d`` (the zoo's
-  ``parent``, stated in the card as ``base_model``); models without a base use ``family_mean``.
+  models on ``d``; ``m`` goes below the others it predicts above it. Like any target, ``d`` is predicted
+  with its own perf edges hidden, so the selector sees ``m``'s features (shape, card embedding,
+  pretraining mixture) and, through the graph's lineage edges, the scores ``m`` inherits from its base on
+  the datasets like ``d`` (:meth:`MatchingGraph.inherited_scores`; ``lgbm_features`` reads no graph).
+* ``no_lineage`` — ``mandc`` with ``SelectorConfig(lineage=False)``: what the lineage adds to it.
+* ``base_model`` — lineage alone: ``m`` takes its base model's measured score on ``d`` itself (the zoo's
+  ``parent``, stated in the card as ``base_model``; a crawled model's store lineage); models without a
+  base use ``family_mean``.
 * ``family_mean`` — ``m`` takes the mean measured score on ``d`` of the models of its family (unet/dit).
 * ``random`` — the exact expectation over a uniformly random position of ``m``.
 
-``lineage_only`` in the result repeats the comparison on the models that have a base in the graph.
+``lineage_only`` in the result repeats the comparison on the models that have a base in the graph,
+``no_base`` on those that have none (there ``mandc`` and ``no_lineage`` agree exactly: a model without
+lineage inherits nothing, and the other models' features do not depend on it).
 """
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -33,19 +40,14 @@ from mandc.evaluate import score_ranking, selector_config
 from mandc.graph import MatchingGraph
 from mandc.select import Selector
 
-LOMO_METHODS = ("mandc", "lgbm_features", "base_model", "family_mean", "random")
+LOMO_METHODS = ("mandc", "no_lineage", "lgbm_features", "base_model", "family_mean", "random")
+_LEARNED = ("mandc", "no_lineage", "lgbm_features")
 METRICS = ("top1", "regret", "kendall", "rank_err", "win_top1")
 
 
 def base_of(graph: MatchingGraph, model: str) -> str | None:
-    """``model``'s base model in the graph (zoo ``parent`` / card ``base_model``), or None."""
-    info = graph.model_info(model)
-    for b in (info.get("base_model"), info.get("parent")):
-        if isinstance(b, str) and b:
-            for ref in (b, f"zoo:{b}"):
-                if ref in graph.models and ref != model:
-                    return ref
-    return None
+    """``model``'s (first) base model in the graph (:meth:`MatchingGraph.bases`), or None."""
+    return next(iter(graph.bases(model)), None)
 
 
 def insert_ranking(order_others: list[str], model: str, position: int) -> dict[str, float]:
@@ -62,18 +64,19 @@ def _position(scores_h: dict[str, float], order_others: list[str], model: str, v
 def _place(method: str, seed: int, h: MatchingGraph, model: str, datasets: list[str]) -> dict[str, int]:
     """``{dataset: position of model}`` for one method."""
     out = {}
-    if method in ("mandc", "lgbm_features"):
-        sel = Selector(selector_config(method, seed)).fit(h)
+    if method in _LEARNED:
+        cfg = selector_config("mandc", seed) if method == "no_lineage" else selector_config(method, seed)
+        sel = Selector(replace(cfg, lineage=False) if method == "no_lineage" else cfg).fit(h)
         for d in datasets:
             pred, others = sel.predict(h, d), _order(h, d)
             out[d] = sum(pred.get(o, -math.inf) > pred.get(model, -math.inf) for o in others)
         return out
     fam = h.model_info(model).get("family")
-    base = base_of(h, model) if method == "base_model" else None
     for d in datasets:
         sc, others = h.scores(d), _order(h, d)
-        if base is not None and base in sc:
-            value = sc[base]
+        inherited = h.inherited_scores(d) if method == "base_model" else {}
+        if model in inherited:
+            value = inherited[model]
         else:
             same = [sc[o] for o in others if h.model_info(o).get("family") == fam] or list(sc.values())
             value = float(np.mean(same))
@@ -88,8 +91,9 @@ def _order(h: MatchingGraph, d: str) -> list[str]:
 
 def evaluate_lomo(graph: MatchingGraph, seeds: int = 1, methods=LOMO_METHODS, models: list[str] | None = None,
                   progress=None) -> dict:
-    """LOMO over ``graph`` (see the module docstring). Returns ``{"models": [...], "seeds", "seconds",
-    "methods": {method: {metric: mean}}, "lineage_only": {...}, "per_model": {model: {method: {metric}}}}``."""
+    """LOMO over ``graph`` (see the module docstring). Returns ``{"models": [...], "with_base": [...], "seeds",
+    "seconds", "methods": {method: {metric: mean}}, "lineage_only": {...}, "no_base": {...},
+    "per_model": {model: {method: {metric}}}}``."""
     unknown = [m for m in methods if m not in LOMO_METHODS]
     if unknown:
         raise ValueError(f"unknown LOMO method(s) {unknown}; known: {', '.join(LOMO_METHODS)}")
@@ -105,7 +109,7 @@ def evaluate_lomo(graph: MatchingGraph, seeds: int = 1, methods=LOMO_METHODS, mo
         per[m] = {}
         for method in methods:
             runs = []
-            for seed in range(seeds if method in ("mandc", "lgbm_features") else 1):
+            for seed in range(seeds if method in _LEARNED else 1):
                 if method == "random":
                     runs.append(_random(graph, h, m, datasets))
                     continue
@@ -115,9 +119,11 @@ def evaluate_lomo(graph: MatchingGraph, seeds: int = 1, methods=LOMO_METHODS, mo
         if progress is not None:
             progress(i + 1, len(models))
     with_base = [m for m in models if base_of(graph, m) is not None]
+    no_base = [m for m in models if m not in with_base]
     return {"models": models, "with_base": with_base, "seeds": seeds, "seconds": round(time.perf_counter() - t0, 1),
             "methods": {k: _mean([per[m][k] for m in models]) for k in methods},
             "lineage_only": {k: _mean([per[m][k] for m in with_base]) for k in methods} if with_base else {},
+            "no_base": {k: _mean([per[m][k] for m in no_base]) for k in methods} if no_base else {},
             "per_model": per}
 
 
@@ -152,14 +158,19 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 def to_markdown(res: dict) -> str:
-    """The LOMO table: methods × (top-1, regret, Kendall τ), all models and those with a base model."""
-    lines = [f"Leave-one-model-out over {len(res['models'])} models ({len(res['with_base'])} with a base model), "
-             f"{res['seeds']} seed(s)", "",
-             "| method | top-1 | regret | Kendall τ | rank err | wins placed first | rank err (with base) | "
-             "τ (with base) |", "|---|---|---|---|---|---|---|---|"]
+    """The LOMO tables: methods × (top-1, regret, Kendall τ, rank error, wins placed first), over all models,
+    over those with a base model and over those without."""
+    n_base = len(res["with_base"])
+    lines = [f"Leave-one-model-out over {len(res['models'])} models ({n_base} with a base model), "
+             f"{res['seeds']} seed(s)"]
     nan = float("nan")
-    for k, v in res["methods"].items():
-        w = res["lineage_only"].get(k, {})
-        lines.append(f"| {k} | {v['top1']:.3f} | {v['regret']:.3f} | {v['kendall']:.3f} | {v['rank_err']:.2f} | "
-                     f"{v.get('win_top1', nan):.3f} | {w.get('rank_err', nan):.2f} | {w.get('kendall', nan):.3f} |")
+    for title, rows in (("all models", res["methods"]), (f"the {n_base} with a base model", res["lineage_only"]),
+                        (f"the {len(res['models']) - n_base} without", res.get("no_base", {}))):
+        if not rows:
+            continue
+        lines += ["", f"{title}:", "", "| method | top-1 | regret | Kendall τ | rank err | wins placed first |",
+                  "|---|---|---|---|---|---|"]
+        for k, v in rows.items():
+            lines.append(f"| {k} | {v['top1']:.3f} | {v['regret']:.3f} | {v['kendall']:.3f} | {v['rank_err']:.2f} | "
+                         f"{v.get('win_top1', nan):.3f} |")
     return "\n".join(lines)

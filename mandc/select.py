@@ -18,7 +18,12 @@ One row per (dataset ``d``, model ``m``); rows of one dataset form one ranking g
   datasets ``j`` (cosine ``s_j`` of standardised vectors, weights ``ω_j = max(s_j, 0)``, plus a small
   floor): ``knn_score = Σ ω_j score(m, j) / Σ ω_j``, ``knn_win`` (the same mean of "m was best on j"),
   ``knn_rank`` (mean rank of m on the neighbours, 0 = best), ``nn1_score`` (score on the nearest), and
-  ``prior`` (mean score of m over all profiled datasets other than d).
+  ``prior`` (mean score of m over all profiled datasets other than d). A model that has no perf edge on
+  a dataset ``j`` but a lineage edge (``lineage=True``, the default) counts there with the score it
+  inherits from its base models (:meth:`MatchingGraph.inherited_scores`): a crawled fine-tune of a
+  profiled model enters with its base's record instead of none. The other models' features do not
+  change (``knn_win`` and ``knn_rank`` compare with measured models only), and neither does anything of a
+  model that has its own edge on ``j``; on a complete matrix the group is what it is without lineage.
 * ``embedding`` — from the graph embedding (GraphSAGE or node2vec): ``link = ⟨z_m, z_d⟩`` and
   ``cos = cos(z_m, z_d)`` (plus the vectors themselves with ``emb_vectors``).
 * ``probe`` (optional) — the model's zero-shot loss on the target, min–max normalised over the
@@ -96,6 +101,8 @@ class SelectorConfig:
     objective: str = option("rank", "'rank' (LGBMRanker), 'regress' (LGBMRegressor) or 'both'")
     label: str = option("score", "ranker relevance: 'score' = floor(4·score) (0..4), 'rank' = 3/2/1 for the top 3")
     knn: int = option(5, "neighbours for the neighbour features")
+    lineage: bool = option(True, "a model unmeasured on a neighbour dataset takes its base models' score there "
+                                 "(n.*; MatchingGraph.inherited_scores); False: unmeasured is NaN")
     knn_init: float = option(3.0, "> 0: boost from the neighbour prior, init score = knn_init · n.knn_score")
     probe_init: float | None = option(None, "with the probe: + probe_init · z.probe in the init score (None: "
                                             "chosen with the trees by CV from PROBE_GRID)")
@@ -201,26 +208,31 @@ def pair_columns(graph: MatchingGraph, ctx: dict, d: str, models: list[str]) -> 
 
 def neighbor_columns(ctx: dict, d: str, models: list[str], knn: int) -> dict[str, np.ndarray]:
     """``n.knn_score, n.knn_win, n.knn_rank, n.nn1_score, n.prior``: each model's measured results on the
-    ``knn`` profiled datasets most similar to the target (see the module doc); NaN with none profiled."""
+    ``knn`` profiled datasets most similar to the target (see the module doc); NaN with none profiled.
+    Where ``ctx["inherited"]`` is given, a model unmeasured on ``j`` reads its inherited score there."""
     names = ("knn_score", "knn_win", "knn_rank", "nn1_score", "prior")
     others = [j for j in ctx["profiled"] if j != d]
     if not others:
         return {f"n.{n}": np.full(len(models), np.nan) for n in names}
     ud = ctx["u"][d]
     S = np.array([[ctx["scores"][j].get(m, np.nan) for m in models] for j in others]).reshape(len(others), len(models))
+    inh = ctx.get("inherited") or {}
+    # E: the evidence, S with lineage filling where a model is unmeasured (the measured models' columns are S's)
+    E = np.array([[ctx["scores"][j].get(m, inh.get(j, {}).get(m, np.nan)) for m in models] for j in others]
+                 ).reshape(len(others), len(models))
     sims = np.array([ctx["u"][j] for j in others]) @ ud
     near = np.lexsort((np.array(others), -sims))[:knn]             # by similarity, ties by ref
     w = np.maximum(sims[near], 0.0)[:, None] + 1e-3                 # [k, 1]
-    Sn = S[near]                                                    # [k, M]
+    Sn, En = S[near], E[near]                                       # [k, M]
     known = ~np.isnan(Sn)
     best = np.nanmax(np.where(np.isnan(S), -np.inf, S), 1)[near][:, None]
     n_j = known.sum(1, keepdims=True)
-    # rank of m on j: how many models beat it, over (models on j - 1); 0 = best
-    better = (Sn[:, None, :] > Sn[:, :, None]).sum(2)
-    rank = np.where(known, better / np.maximum(n_j - 1, 1), np.nan)
+    # rank of m on j: how many measured models beat it, over (models on j - 1); 0 = best
+    better = (Sn[:, None, :] > En[:, :, None]).sum(2)
+    rank = np.where(~np.isnan(En), better / np.maximum(n_j - 1, 1), np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
-        values = (np.nansum(w * Sn, 0) / (w * known).sum(0), (w * (Sn >= best)).sum(0) / w.sum(),
-                  np.nanmean(rank, 0) if len(near) else np.full(len(models), np.nan), Sn[0], np.nanmean(S, 0))
+        values = (np.nansum(w * En, 0) / (w * ~np.isnan(En)).sum(0), (w * (En >= best)).sum(0) / w.sum(),
+                  np.nanmean(rank, 0) if len(near) else np.full(len(models), np.nan), En[0], np.nanmean(E, 0))
     return {f"n.{n}": np.asarray(v, dtype=np.float64) for n, v in zip(names, values)}
 
 
@@ -269,11 +281,15 @@ class Selector:
     # ------------------------------------------------------------------ features
     def _context(self, graph: MatchingGraph) -> dict:
         """Per-graph quantities shared by all rows: profiled datasets, their scores, the unit-normalised
-        standardised vectors ``u`` and the family of every dataset that has one."""
+        standardised vectors ``u``, the family of every dataset that has one and (``lineage``) the scores
+        the unmeasured models inherit on each profiled dataset."""
         profiled = graph.profiled
         u = {d: _unit(graph.standardized(graph.vector(d)[None])[0]) for d in graph.datasets}
         fam = {d: graph.family(d) for d in graph.datasets if graph.family(d)}
-        return {"profiled": profiled, "scores": {d: graph.scores(d) for d in profiled}, "u": u, "family": fam}
+        ctx = {"profiled": profiled, "scores": {d: graph.scores(d) for d in profiled}, "u": u, "family": fam}
+        if getattr(self.cfg, "lineage", False):  # getattr: a selector pickled before the option reads as off
+            ctx["inherited"] = {d: graph.inherited_scores(d) for d in profiled}
+        return ctx
 
     def _rows(self, graph: MatchingGraph, ctx: dict, d: str, models: list[str], emb,
               probe: dict | None) -> tuple[np.ndarray, list[str]]:

@@ -85,6 +85,14 @@ def _now() -> str:
 
 
 # ---------------------------------------------------------------------------------------------- reference
+def _by_model(lineage: list[dict]) -> dict[str, list[dict]]:
+    """Lineage rows ``{"model", "base", "relation"}`` grouped as :meth:`Store.set_lineage` takes them."""
+    out: dict[str, list[dict]] = {}
+    for e in lineage:
+        out.setdefault(e["model"], []).append({"base": e["base"], "relation": e["relation"]})
+    return out
+
+
 def load_reference_dir(folder) -> tuple[list[dict], list[dict], list[dict]]:
     """``(records, models, datasets)`` from a folder with ``records.jsonl``, ``models.jsonl`` and
     ``datasets.jsonl`` (the layout of ``data/reference``), errors as :class:`StoreError`."""
@@ -474,7 +482,7 @@ class Store:
                 "profiled": c("SELECT COUNT(DISTINCT dataset) FROM records WHERE status = 'ok'")}
 
     def content_hash(self) -> str:
-        """sha256 over every model, dataset and record row (not the meta table): equal contents, equal hash.
+        """sha256 over every model, dataset, record and lineage row (not the meta table): equal contents, equal hash.
         It keys the planner's cache of fitted selectors."""
         h = hashlib.sha256()
         for table, cols in (("models", "ref, features, info"), ("datasets", "ref, vector, family"),
@@ -482,6 +490,9 @@ class Store:
             h.update(table.encode())
             for row in self._con.execute(f"SELECT {cols} FROM {table} ORDER BY {cols.split(',')[0]}"):
                 h.update(canonical_json(list(row)).encode())
+        lineage = self.lineage()
+        if lineage:  # the graph has lineage edges (a store without any keeps the hash it had before they existed)
+            h.update(b"lineage" + canonical_json(lineage).encode())
         return h.hexdigest()
 
     def graph(self, k: int = DEFAULT_K):
@@ -511,7 +522,7 @@ class Store:
             job = orphans[0]["job"]
             warnings.warn(f"{len(orphans)} record(s) name a model or dataset the store has no line for "
                           f"(e.g. {job['model']} on {job['dataset']}); left out of the graph", stacklevel=2)
-        g = MatchingGraph.from_reference(records, models, datasets, k=k)
+        g = MatchingGraph.from_reference(records, models, datasets, k=k, lineage=self.lineage())
         self._graph_cache = (key, k, g)
         return g.copy()
 
@@ -524,7 +535,8 @@ class Store:
                 "models": self.models(),
                 "datasets": [{k: v for k, v in d.items() if k != "feature_names"} for d in self.datasets()],
                 "records": [{"source": s, "record": json.loads(r)}
-                            for s, r in self._con.execute("SELECT source, record FROM records ORDER BY rowid")]}
+                            for s, r in self._con.execute("SELECT source, record FROM records ORDER BY rowid")],
+                "lineage": self.lineage()}
 
     def export_json(self, path) -> Path:
         """Write :meth:`to_json` to ``path`` atomically (a temporary sibling renamed into place)."""
@@ -547,7 +559,7 @@ class Store:
             raise StoreError(f"{where} has store schema {d.get('schema')!r}, this mandc reads {SCHEMA_VERSION}")
         try:
             with self.transaction():
-                for table in ("records", "models", "datasets"):
+                for table in ("records", "models", "datasets", "lineage"):
                     self._con.execute(f"DELETE FROM {table}")
                 self._set_meta("feature_names", d.get("feature_names"))
                 for src in SOURCES:
@@ -555,6 +567,8 @@ class Store:
                     self._put_datasets([x for x in d.get("datasets", []) if x.get("source", "user") == src], src, True)
                     self._put_records([r["record"] for r in d.get("records", []) if r.get("source", "user") == src],
                                       src, True)
+                for m, edges in _by_model(d.get("lineage") or []).items():  # exports before lineage have none
+                    self.set_lineage(m, edges)
                 ref = d.get("reference") or {}
                 self._set_meta("reference_origin", ref.get("origin"))
                 self._set_meta("reference_hash", ref.get("hash"))

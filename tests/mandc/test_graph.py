@@ -219,3 +219,53 @@ def test_a_near_constant_column_cannot_dominate_similarity(ref):
     g = MatchingGraph.from_reference(records, models, lines + [user], k=3)
     assert np.abs(g.standardized(g.vector("/data/u")[None])).max() == pytest.approx(CLIP_Z)
     assert g.nearest("/data/u", n=1, profiled_only=False)[0][0] == twin["ref"]
+
+
+def _lineage_reference(ref):
+    """``ref`` plus three unmeasured models: ``zoo:child`` (card ``base_model``: model 0), ``zoo:grandchild``
+    (zoo ``parent``: the bare name ``child``) and ``hub:org/merge@abc`` (no card base; the store's typed edges
+    name model 1 and model 2 by their Hub ids without a revision, as ``mandc hub crawl`` records them)."""
+    records, models, datasets = ref
+    m0, m1, m2 = (m["ref"] for m in models[:3])
+    extra = [{"ref": "zoo:child", "features": models[0]["features"], "info": {"base_model": m0}},
+             {"ref": "zoo:grandchild", "features": models[0]["features"], "info": {"parent": "child"}},
+             {"ref": "hub:org/merge@abc", "features": models[1]["features"], "info": {}},
+             {"ref": "hub:org/b1@s1", "features": models[1]["features"], "info": {}}]
+    lineage = [{"model": "hub:org/merge@abc", "base": "hub:org/b1", "relation": "merge"},
+               {"model": "hub:org/merge@abc", "base": m2, "relation": "merge"},
+               {"model": "hub:org/merge@abc", "base": "hub:org/gone", "relation": "merge"}]  # not in the graph
+    # hub:org/b1@s1 is measured like model 1 (a copy of its records)
+    copies = [dict(r, job_id=r["job_id"] + "-b1", job={**r["job"], "model": "hub:org/b1@s1"})
+              for r in records if r["job"]["model"] == m1]
+    return MatchingGraph.from_reference(records + copies, models + extra, datasets, k=3, lineage=lineage), (m0, m1, m2)
+
+
+def test_lineage_edges_come_from_cards_and_the_store_and_resolve_refs(ref):
+    g, (m0, m1, m2) = _lineage_reference(ref)
+    assert g.bases("zoo:child") == [m0]
+    assert g.bases("zoo:grandchild") == ["zoo:child"]               # bare zoo name → zoo:child
+    assert g.bases("hub:org/merge@abc") == sorted(["hub:org/b1@s1", m2])  # hub id → its revision; gone dropped
+    assert g.bases(m0) == [] and g.bases("nope") == []             # a base is no child of its child
+    rel = {(a["model"], a["base"]): a["relation"] for _, _, a in g.edges("lineage")}
+    assert rel[("hub:org/merge@abc", m2)] == "merge" and rel[("zoo:child", m0)] == "finetune"
+    assert repr(g).endswith(", 4 lineage)")
+    g2 = MatchingGraph.from_json(json.loads(json.dumps(g.to_json())))
+    assert g2.bases("hub:org/merge@abc") == g.bases("hub:org/merge@abc")
+    # leave-one-model-out keeps the lineage (a model enters with features and lineage only)
+    assert g.without_model(m0).bases("zoo:child") == [m0]
+
+
+def test_inherited_scores_follow_lineage_and_never_override_a_measurement(ref):
+    g, (m0, m1, m2) = _lineage_reference(ref)
+    for d in g.profiled:
+        sc, inh = g.scores(d), g.inherited_scores(d)
+        assert inh["zoo:child"] == sc[m0] and inh["zoo:grandchild"] == sc[m0]   # two hops up
+        assert inh["hub:org/merge@abc"] == pytest.approx((sc["hub:org/b1@s1"] + sc[m2]) / 2)  # merge: the mean
+        assert not set(inh) & set(sc)                               # measured models inherit nothing
+    # a measurement of the child itself wins over the inheritance, for it and for its own children
+    d = g.profiled[0]
+    r = next(r for r in ref[0] if r["job"]["model"] == m1 and r["job"]["dataset"] == d)
+    g.add_records([dict(r, job_id="child-own", job={**r["job"], "model": "zoo:child"})])
+    assert "zoo:child" not in g.inherited_scores(d)
+    assert g.inherited_scores(d)["zoo:grandchild"] == g.scores(d)["zoo:child"]
+    assert g.inherited_scores(g.profiled[1])["zoo:child"] == g.scores(g.profiled[1])[m0]

@@ -53,6 +53,8 @@ def test_lineage_places_a_near_copy_of_its_base_and_beats_random():
     assert child["base_model"]["kendall"] > child["random"]["kendall"] + 0.1
     assert child["base_model"]["rank_err"] < child["random"]["rank_err"] and child["base_model"]["rank_err"] <= 0.5
     assert set(res["methods"]) == {"lgbm_features", "base_model", "family_mean", "random"}
-    assert "| base_model |" in to_markdown(res)
+    md = to_markdown(res)
+    assert "| base_model |" in md and "the 1 with a base model:" in md and "the 2 without:" in md
+    assert set(res["no_base"]) == set(res["methods"])
     with pytest.raises(ValueError, match="unknown LOMO"):
         evaluate_lomo(g, methods=("oracle",))

@@ -287,3 +287,37 @@ def test_the_cv_calibrates_a_margin_and_contenders_are_the_models_within_it(grap
     assert fixed.margin_ is None and fixed.contenders(pred) is None and "margin" not in fixed.fitted_summary()["rank"]
     both = Selector(SelectorConfig(embedding="none", objective="both")).fit(h)  # rank averages: no margin
     assert both.margin_ is None
+
+
+def _with_unmeasured_child(ref):
+    """``ref`` plus ``zoo:child``: no perf edge anywhere, a lineage edge to model 0 (card ``base_model``) and
+    model 0's features with its capacity and card embedding moved (a fine-tune is not a copy)."""
+    records, models, datasets = ref
+    parent = models[0]
+    feats = dict(parent["features"])
+    feats["log10_params"] += 0.3
+    feats.update({k: v + 0.2 for k, v in feats.items() if k.startswith("card_emb_")})
+    child = {"ref": "zoo:child", "features": feats, "info": {**parent["info"], "base_model": parent["ref"]}}
+    return MatchingGraph.from_reference(records, models + [child], datasets, k=3), parent["ref"]
+
+
+def test_an_unmeasured_child_inherits_its_parents_evidence_and_nothing_else_moves(ref):
+    g, parent = _with_unmeasured_child(ref)
+    cfg = dict(sage={"epochs": 25}, n_estimators=40, crossfit=0)
+    on, off = (Selector(SelectorConfig(lineage=flag, **cfg)).fit(g) for flag in (True, False))
+    gaps_on, gaps_off = [], []
+    for d in g.profiled:
+        p_on, p_off = on.predict(g, d), off.predict(g, d)
+        # every model with its own measurements is predicted exactly as without lineage
+        assert {m: v for m, v in p_on.items() if m != "zoo:child"} == {m: v for m, v in p_off.items() if m != "zoo:child"}
+        rank = {m: i for i, m in enumerate(sorted(p_on, key=lambda m: -p_on[m]))}
+        assert abs(rank["zoo:child"] - rank[parent]) <= 1          # placed next to its parent
+        gaps_on.append(abs(p_on["zoo:child"] - p_on[parent]))
+        gaps_off.append(abs(p_off["zoo:child"] - p_off[parent]))
+        _, names, X = on.features(g, d)
+        row = dict(zip(names, X[on.models_.index("zoo:child")]))
+        prow = dict(zip(names, X[on.models_.index(parent)]))
+        assert all(row[k] == prow[k] for k in names if k.startswith("n."))  # the parent's neighbour record
+        _, _, Xoff = off.features(g, d)
+        assert np.isnan(Xoff[off.models_.index("zoo:child"), names.index("n.knn_score")])
+    assert np.mean(gaps_on) < 0.5 * np.mean(gaps_off)

@@ -148,3 +148,24 @@ def test_an_empty_store_stays_unseeded_and_a_new_one_seeds_from_the_shipped_refe
     assert Store(tmp_path / "empty.sqlite").counts()["records"] == 0   # made empty on purpose: not seeded later
     fresh = Store(tmp_path / "home" / "graph.sqlite")                  # the default: seeded on first use
     assert fresh.reference_origin == "shipped" and fresh.counts()["records"] == len(reference[0])
+
+
+def test_the_stores_lineage_edges_reach_the_graph_and_its_hash(tmp_path, reference):
+    """A crawled model (``hub:org/name@sha``, nothing measured) whose store lineage names a reference model
+    gets a lineage edge in the store's graph and inherits that model's scores; the edge changes the hash."""
+    folder = write_reference(tmp_path / "ref", reference)
+    with Store(tmp_path / "g.sqlite", reference=folder) as s:
+        base = reference[1][0]["ref"]
+        s.add_model("hub:org/tune@abc", reference[1][0]["features"], {"family": "unet"}, name="org/tune")
+        before = s.content_hash()
+        assert s.graph(k=3).bases("hub:org/tune@abc") == []
+        s.set_lineage("hub:org/tune@abc", [{"base": base, "relation": "finetune"}])
+        assert s.content_hash() != before
+        g = s.graph(k=3)
+        assert g.bases("hub:org/tune@abc") == [base]
+        assert all(g.inherited_scores(d)["hub:org/tune@abc"] == g.scores(d)[base] for d in g.profiled)
+        # an export keeps the lineage: same rows, same hash, same graph after an import
+        t = Store(":memory:", reference=False)
+        t.import_json(s.export_json(tmp_path / "export.json"))
+        assert t.lineage() == s.lineage() and t.content_hash() == s.content_hash()
+        assert t.graph(k=3).bases("hub:org/tune@abc") == [base]
