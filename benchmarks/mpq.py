@@ -1,11 +1,16 @@
-"""MPQ-Diff against uniform, random and sensitivity bit allocation, at equal memory and bit operations.
+"""The default bit allocator and MPQ-Diff against uniform, random and sensitivity allocation, at equal memory and BOPs.
 
-    python benchmarks/mpq.py [--models unet-xs-gradients dit-s-gradients] [--budgets 3 4 5] [--json FILE]
+    python benchmarks/mpq.py [--models unet-xs-gradients dit-s-gradients unet-l-shapes] [--budgets 3 4 5] [--json FILE]
     python benchmarks/mpq.py --ablations [--json FILE]     # MPQ-Diff's own choices (profiler.mpq.profile doc)
 
 For each zoo model (built on first use) and each budget of average weight bits ``B`` the budget is the
-weight memory and the bit operations of the uniform plan ``W{B}A8``, and four allocators fill it:
+weight memory and the bit operations of the uniform plan ``W{B}A8``, and five allocators fill it:
 
+* ``default`` — ``profiler.mpq.allocators.DEFAULT_ALLOCATOR`` with its default settings, exactly what
+  ``mandc quantize`` and ``mandc plan`` use (``"grad-sensitivity"``: the per-layer quantization error
+  estimated by gradient probes; activation ranges from a K = 3 profile); its entry names the allocator.
+  The extra keys ``grad-sensitivity`` and ``combined`` (that error weighted by MPQ-Diff's orthogonality
+  importance, contrast 1, from the same K = 3 profile) are both gradient allocators on the default's profile;
 * ``uniform`` — every layer at ``W{B}A8`` (the budget's owner);
 * ``mpq`` — MPQ-Diff, K sampled timesteps, with (contrast, α) picked by validation on training images
   outside the calibration batch (``profiler.mpq.profile.select_by_validation``); ``mpq_default`` (an extra
@@ -37,7 +42,10 @@ Prints a Markdown table (stdout) and, with ``--json``, writes::
      "cost": {MODEL: {"k10_s", "all_s", "spearman", "all_timesteps", "curve", ...}}, "storage": {...},
      "finetune": {...}, "chosen": {...}, "timing": {...}, "settings": {...}}
 
-with ALLOCATOR ``mpq``, ``uniform``, ``random``, ``sensitivity`` and the extra ``mpq_default``.
+with ALLOCATOR ``default``, ``mpq``, ``uniform``, ``random``, ``sensitivity`` and the extras ``mpq_default``,
+``grad-sensitivity`` and ``combined``; ``cost`` also holds the default's profile (``default_s``: its orthogonality profile
+and its sensitivity estimate) against the dense profile (``default_ratio``, ``default_ratio_T_est``).
+``--finetune-steps 0`` skips the PEQA run.
 
 Runs the models in parallel processes (``--jobs``, default one per model) of one torch thread each
 (``--threads``): on a 2-core machine two single-threaded processes beat one two-threaded one (OpenMP
@@ -61,7 +69,9 @@ from pathlib import Path
 
 from data.io import atomic_write
 
-ALLOCATORS = ("mpq", "uniform", "random", "sensitivity")
+ALLOCATORS = ("default", "mpq", "uniform", "random", "sensitivity")
+GRADIENT_ALLOCATORS = ("grad-sensitivity", "combined")  # evaluated on the default's profile, beside it
+EXTRAS = ("mpq_default",) + GRADIENT_ALLOCATORS
 
 
 def log(msg: str) -> None:
@@ -125,7 +135,7 @@ def load_setup(name: str, args):
     model = load_model(f"zoo:{name}")
     ds = load_dataset(args.data)
     cfg = MPQConfig(timesteps=args.timesteps, n_calib=args.n_calib, time_limit=args.time_limit,
-                    n_validation=args.n_validation)
+                    n_validation=args.n_validation, allocator="mpq")
     batch = calibration_batch(model, ds.train, cfg.n_calib, cfg.seed)
     val = validation_images(ds.train, batch, cfg.n_validation)
     return model, ds, cfg, batch, val, probe_layers(model, batch)
@@ -140,8 +150,10 @@ def run_model(name: str, args) -> dict:
     from profiler.mpq.baselines import baseline_plan, sensitivity_profile
     from profiler.mpq.capture import describe
     from profiler.mpq.importance import aggregate_importance, beta_for_contrast, sample_timesteps
-    from profiler.mpq.profile import (pinned_layers, plan_from_profile, profile_importance, quantized_copy,
-                                      select_by_validation)
+    from profiler.mpq.allocators import DEFAULT_ALLOCATOR
+    from profiler.mpq.profile import (MPQConfig, measure_sensitivity, pinned_layers, plan_from_profile,
+                                      profile_importance, quantized_copy, select_by_validation,
+                                      sensitivity_timesteps)
 
     t_model = time.perf_counter()
     timing = {}
@@ -188,11 +200,25 @@ def run_model(name: str, args) -> dict:
         f"spearman {rho:.3f}; identical layer bits {agree:.0%}; curve "
         + ", ".join(f"K={c['k']}: {c['spearman']:.3f}" for c in curve))
 
-    sens_ts = [prof.timesteps[i] for i in np.linspace(0, len(prof.timesteps) - 1, args.sensitivity_timesteps + 2)
-               .round().astype(int)[1:-1]]  # interior points of the K sampled steps
+    sens_ts = sensitivity_timesteps(T, args.sensitivity_timesteps)  # the default allocator's steps, too
     sens = sensitivity_profile(model, batch, layers, sens_ts, n_samples=args.sensitivity_samples)
     cost["sensitivity_s"] = timing["sensitivity"] = sens.seconds
     log(f"[{name}] sensitivity profile: {sens.seconds:.1f}s")
+
+    # the default allocator, as mandc quantize / mandc plan run it (its own K and sensitivity estimate)
+    cfg_d = MPQConfig(n_calib=args.n_calib, time_limit=args.time_limit, sens_timesteps=args.sensitivity_timesteps,
+                      sens_samples=args.sensitivity_samples)
+    prof_d = profile_importance(model, batch, cfg_d.k, layers)
+    measure_sensitivity(model, batch, prof_d, cfg_d)
+    d_sens = prof_d.sensitivity.seconds if prof_d.sensitivity is not None else 0.0
+    cost.update(default_allocator=DEFAULT_ALLOCATOR, default_k=cfg_d.k, default_profile_s=prof_d.seconds,
+                default_sensitivity_s=d_sens, default_s=prof_d.seconds + d_sens,
+                default_ratio=(prof_d.seconds + d_sens) / prof_all.seconds,
+                default_ratio_T_est=(prof_d.seconds + d_sens) / (per_step * T))
+    timing["default_profile"] = cost["default_s"]
+    log(f"[{name}] default allocator {DEFAULT_ALLOCATOR}: K={cfg_d.k} profile {prof_d.seconds:.1f}s + sensitivity "
+        f"estimate {d_sens:.1f}s = {cost['default_ratio']:.3f} of the dense profile "
+        f"({cost['default_ratio_T_est']:.4f} of all T)")
 
     t0 = time.perf_counter()
     base = heldout_loss(model, ds.heldout).mean
@@ -230,13 +256,20 @@ def run_model(name: str, args) -> dict:
         sp = baseline_plan(layers, "sensitivity", budget, pinned=pinned, sensitivity=sens, act_ranges=prof.input_max,
                            time_limit=args.time_limit)
         row["sensitivity"] = evaluate(model, sp, ds.heldout, base, prompts, ref, args.sample_steps)
+        for a in GRADIENT_ALLOCATORS:
+            row[a] = evaluate(model, plan_from_profile(prof_d, budget, cfg_d.replace(allocator=a)), ds.heldout, base,
+                              prompts, ref, args.sample_steps)
+        row["default"] = (dict(row[DEFAULT_ALLOCATOR]) if DEFAULT_ALLOCATOR in GRADIENT_ALLOCATORS else
+                          evaluate(model, plan_from_profile(prof_d, budget, cfg_d), ds.heldout, base, prompts, ref,
+                                   args.sample_steps))
+        row["default"]["allocator"] = DEFAULT_ALLOCATOR
         limits[str(bits)] = {"weight_bytes": budget.weight_bytes, "bops": budget.bops}  # what every allocator had
         budgets[str(bits)] = row
         timing[f"budget_{bits}"] = time.perf_counter() - t0
         timing[f"validation_{bits}"] = val_s
         if bits == args.budgets[len(args.budgets) // 2]:
             mid_plan = mpq
-        log(f"[{name}] B={bits}: " + ", ".join(f"{a} {row[a]['loss_increase']:.4f}" for a in ALLOCATORS + ("mpq_default",))
+        log(f"[{name}] B={bits}: " + ", ".join(f"{a} {row[a]['loss_increase']:.4f}" for a in ALLOCATORS + EXTRAS)
             + f" (mpq contrast {best.contrast}, alpha {best.alpha}; validation {val_s:.0f}s)")
 
     # storage: the middle-budget MPQ plan really applied and saved
@@ -254,11 +287,13 @@ def run_model(name: str, args) -> dict:
                    "float_denoiser_bytes": sum(p.numel() * p.element_size() for p in model.denoiser.parameters())}
         timing["storage"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        ft = finetune_plan(f"zoo:{name}", mid_plan, args.data, args.finetune_steps, args.finetune_lr, Path(d))
+        ft = (finetune_plan(f"zoo:{name}", mid_plan, args.data, args.finetune_steps, args.finetune_lr, Path(d))
+              if args.finetune_steps > 0 else None)
         timing["finetune"] = time.perf_counter() - t0
     timing["total"] = time.perf_counter() - t_model
     log(f"[{name}] storage {storage['memory_bytes']:,} B in memory, {disk:,} B on disk (float weights {float_w:,} B); "
-        f"PEQA {ft['heldout_loss_before']:.4f} -> {ft['heldout_loss_after']:.4f}; model total {timing['total']:.0f}s")
+        + (f"PEQA {ft['heldout_loss_before']:.4f} -> {ft['heldout_loss_after']:.4f}; " if ft else "")
+        + f"model total {timing['total']:.0f}s")
     return {"budgets": budgets, "limits": limits, "cost": cost, "storage": storage, "finetune": ft, "chosen": chosen,
             "base_heldout_loss": base, "n_layers": len(layers), "timing": timing}
 
@@ -307,18 +342,21 @@ def markdown(results: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     for name, r in results["models"].items():
         for bits, row in r["budgets"].items():
-            for a in ALLOCATORS + ("mpq_default",):
+            for a in ALLOCATORS + EXTRAS:
                 v = row[a]
-                lines.append(f"| {name} | {bits} | {a} | {v['loss_increase']:.4f} | {v['sample_mse']:.5f} | "
+                label = f"**default** ({v['allocator']})" if a == "default" else a
+                lines.append(f"| {name} | {bits} | {label} | {v['loss_increase']:.4f} | {v['sample_mse']:.5f} | "
                              f"{v['weight_bytes']:,.0f} | {v['bops']:.3g} |")
     lines += ["", "| model | K-step profile (s) | dense profile (s) | ratio | all T steps (s, extrapolated) | ratio to all T "
-              "| Spearman | identical plan bits | sensitivity profile (s) |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| Spearman | identical plan bits | sensitivity profile (s) | default's profile (s) | its ratio | its ratio to all T |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, c in results["cost"].items():
         k = next(v for key, v in c.items() if key.startswith("k") and key.endswith("_s"))
         lines.append(f"| {name} | {k:.1f} ({c['k']} steps) | {c['all_s']:.1f} ({c['all_timesteps']} steps) | "
                      f"{c['ratio']:.3f} | {c['all_T_s_est']:.0f} ({c['num_train_timesteps']}) | {c['ratio_T_est']:.4f} | "
-                     f"{c['spearman']:.3f} | {c['plan_agreement']:.0%} | {c['sensitivity_s']:.1f} |")
+                     f"{c['spearman']:.3f} | {c['plan_agreement']:.0%} | {c['sensitivity_s']:.1f} | "
+                     f"{c['default_s']:.1f} (K={c['default_k']} + sensitivity estimate) | {c['default_ratio']:.3f} | "
+                     f"{c['default_ratio_T_est']:.4f} |")
     lines += ["", "| model | " + " | ".join(f"K={c['k']}" for c in next(iter(results["cost"].values()))["curve"]) + " |"]
     lines += ["|---|" + "---|" * len(next(iter(results["cost"].values()))["curve"])]
     for name, c in results["cost"].items():
@@ -327,15 +365,16 @@ def markdown(results: dict) -> str:
               "|---|---|---|---|---|---|---|"]
     for name, s in results["storage"].items():
         f = results["finetune"][name]
+        ft = f"{f['heldout_loss_before']:.4f} → {f['heldout_loss_after']:.4f}" if f else "(not run)"
         lines.append(f"| {name} | {s['budget_nominal_bytes']:,.0f} | {s['plan_nominal_bytes']:,.0f} | {s['memory_bytes']:,} | "
-                     f"{s['disk_bytes']:,} | {s['float_weight_bytes']:,} | {f['heldout_loss_before']:.4f} → "
-                     f"{f['heldout_loss_after']:.4f} |")
+                     f"{s['disk_bytes']:,} | {s['float_weight_bytes']:,} | {ft} |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["unet-xs-gradients", "dit-s-gradients"], help="zoo model names")
+    p.add_argument("--models", nargs="+", default=["unet-xs-gradients", "dit-s-gradients", "unet-l-shapes"],
+                   help="zoo model names")
     p.add_argument("--data", default="builtin:gradients_linear", help="dataset reference (calibration, validation, held-out)")
     p.add_argument("--budgets", nargs="+", type=float, default=[3.0, 4.0, 5.0], help="average weight bits")
     p.add_argument("--timesteps", type=int, default=10, help="K sampled timesteps")
@@ -348,7 +387,8 @@ def main(argv=None) -> int:
     p.add_argument("--sample-steps", type=int, default=20, help="DDIM steps for sample_mse")
     p.add_argument("--time-limit", type=float, default=60.0, help="seconds per integer program (a safety net: HiGHS "
                    "stops at a 1e-4 gap or 2000 nodes, deterministically, in < 2 s on the zoo)")
-    p.add_argument("--finetune-steps", type=int, default=20, help="PEQA steps (batch 16) on the middle budget's plan")
+    p.add_argument("--finetune-steps", type=int, default=20, help="PEQA steps (batch 16) on the middle budget's plan "
+                   "(0: skip the PEQA run)")
     p.add_argument("--finetune-lr", type=float, default=1e-4, help="PEQA scale lr (zoo scale; SD uses ~3e-6)")
     p.add_argument("--sensitivity-timesteps", type=int, default=2)
     p.add_argument("--sensitivity-samples", type=int, default=8)

@@ -300,7 +300,12 @@ def quantize_cmd(
                                               "of the quantized layers as stored (codes + per-channel scales)."),
     avg_bits: Optional[float] = typer.Option(None, "--avg-bits", help="Budget as average weight bits (densely "
                                              "packed size), e.g. 4."),
-    timesteps: int = typer.Option(10, "--timesteps", help="K timesteps sampled uniformly for the profile."),
+    timesteps: Optional[int] = typer.Option(None, "--timesteps", help="K timesteps sampled uniformly for the "
+                                            "profile (default: the allocator's, mpq 10, the others 3)."),
+    allocator: Optional[str] = typer.Option(None, "--allocator", help="Bit allocator: grad-sensitivity (per-layer "
+                                            "quantization error from gradient probes; the default, best measured), "
+                                            "combined (orthogonality x that error), mpq (MPQ-Diff as published) or "
+                                            "sensitivity (the error measured layer by layer, slow)."),
     n_calib: int = typer.Option(32, "--n-calib", help="Calibration images N."),
     validate: bool = typer.Option(False, help="Pick β and α by validation loss on other training images (slower)."),
     seed: int = typer.Option(0, help="Calibration images and noise."),
@@ -314,8 +319,8 @@ def quantize_cmd(
 
     if (budget_mb is None) == (avg_bits is None):
         _fail("give exactly one budget: --budget-mb X or --avg-bits B")
-    stages = {"load": "load model and data", "profile": f"profile {timesteps} timesteps",
-              "validate": "validate β, α", "quantize": "quantize and save"}
+    stages = {"load": "load model and data", "profile": f"profile {timesteps or 'sampled'} timesteps",
+              "sensitivity": "per-layer sensitivity", "validate": "validate β, α", "quantize": "quantize and save"}
     try:
         with _progress() as prog:
             tasks: dict = {}
@@ -327,7 +332,7 @@ def quantize_cmd(
 
             res = run_quantize(model, data, out_path, budget_mb=budget_mb, avg_bits=avg_bits, timesteps=timesteps,
                                n_calib=n_calib, validate=validate, seed=seed, save_weights=save_weights,
-                               progress=progress)
+                               progress=progress, allocator=allocator)
     except (ValueError, DatasetError, ModelRefError, FileNotFoundError, IsADirectoryError) as e:
         _fail(str(e))  # InfeasibleBudgetError (a ValueError) states the smallest feasible budget
     if as_json:

@@ -23,9 +23,10 @@
 3. **method**: among the methods of the goal (:data:`GOALS`) that fit, the first in :data:`QUALITY_ORDER`
    (measured quality at equal steps); the others that fit are the fallback order. When nothing fits,
    :class:`NothingFitsError` names the smallest budget that would fit, with which method and bits;
-4. **bits**: for a method in :data:`PLAN_METHODS` (``peqa``, ``tuneqdm``), MPQ-Diff
-   (:func:`profiler.mpq.profile_bits`) allocates per-layer weight/activation bits at that average, and the
-   method's memory is re-estimated with the plan itself.
+4. **bits**: for a method in :data:`PLAN_METHODS` (``peqa``, ``tuneqdm``), the default bit allocator
+   (:func:`profiler.mpq.profile_bits`; ``profiler.mpq.allocators.DEFAULT_ALLOCATOR``, named in the bit plan's
+   ``settings.allocator``) allocates per-layer weight/activation bits at that average, and the method's
+   memory is re-estimated with the plan itself.
 
 :meth:`Plan.run` fine-tunes with :func:`finetune.run` (resumable), samples before and after, records the
 measured peak beside the estimate and feeds a ProfileRecord into the graph through
@@ -204,7 +205,8 @@ class Plan:
         if self.bitplan:
             u = self.bitplan.get("usage") or {}
             out.append(f"bit plan: {len(self.bitplan.get('layers', {}))} layers, average "
-                       f"{u.get('avg_bits', float('nan')):.2f} weight bits (MPQ-Diff)")
+                       f"{u.get('avg_bits', float('nan')):.2f} weight bits (allocator "
+                       f"{(self.bitplan.get('settings') or {}).get('allocator', '?')})")
         if self.fallback:
             out.append("fallback: " + ", ".join(self.fallback))
         if len(self.candidates) > 1:

@@ -165,7 +165,7 @@ def to_markdown(plan) -> str:
     L += ["", "![memory](memory.png)", "", "## Bits", ""]
     if plan.bitplan:
         u = plan.bitplan.get("usage") or {}
-        L += [f"MPQ-Diff per-layer plan: {len(plan.bitplan.get('layers', {}))} layers, average "
+        L += [f"Per-layer bit plan: {len(plan.bitplan.get('layers', {}))} layers, average "
               f"{u.get('avg_bits', float('nan')):.2f} weight bits (allocator "
               f"{_md((plan.bitplan.get('settings') or {}).get('allocator', '?'))}).", "", "![bits](bits.png)"]
     else:
@@ -267,8 +267,9 @@ def to_html(plan, figs: dict[str, bytes] | None = None) -> str:
           '<section id="bits"><h2>Bits per layer</h2>']
     if plan.bitplan:
         u = plan.bitplan.get("usage") or {}
-        H.append(f"<p>MPQ-Diff plan: {len(plan.bitplan.get('layers', {}))} layers, average "
-                 f"{_e(round(u.get('avg_bits', float('nan')), 2))} weight bits.</p>")
+        H.append(f"<p>Per-layer bit plan: {len(plan.bitplan.get('layers', {}))} layers, average "
+                 f"{_e(round(u.get('avg_bits', float('nan')), 2))} weight bits (allocator "
+                 f"<code>{_e((plan.bitplan.get('settings') or {}).get('allocator', '?'))}</code>).</p>")
         H.append(_img(figs, "bits", "per-layer bit widths"))
     else:
         H.append(f"<p>No per-layer bit plan: {_e(plan.method)} does not take one.</p>")

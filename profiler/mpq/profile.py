@@ -9,6 +9,11 @@
 4. the integer program of :mod:`profiler.mpq.allocate` over (weight, activation) bit pairs, maximising
    importance-weighted precision (:func:`mpq_values`) under the memory and bit-operations budgets.
 
+Which values fill the program is the allocator (``config.allocator``, :mod:`profiler.mpq.allocators`):
+the default ``"grad-sensitivity"`` minimises a per-layer sensitivity profile (:func:`measure_sensitivity`,
+measured after step 2), ``"combined"`` weighs it by ``θ``; ``"mpq"`` is MPQ-Diff as published (steps 1–4
+exactly), and what this docstring's measurements below are about.
+
 Choices where the paper is silent, measured on ``zoo:unet-xs-gradients`` (96 layers) and
 ``zoo:dit-s-gradients`` (47 layers) with ``builtin:gradients_linear``: held-out denoising-loss increase
 over full precision at 3 / 4 / 5 average weight bits, equal memory and BOPs, K = 10, N = 32, contrast 1,
@@ -62,10 +67,11 @@ import numpy as np
 
 from profiler.mpq.allocate import (A_CHOICES, W_CHOICES, Allocation, Budget, allocate, average_bits, check_budget,
                                    layer_weight_bytes, plan_bops)
+from profiler.mpq.allocators import DEFAULT_ALLOCATOR, allocator_values, get_allocator, mpq_values, quant_noise  # noqa: F401
 from profiler.mpq.bitplan import BitPlan, apply_bitplan
 from profiler.mpq.capture import (DEFAULT_MAX_FEATURE_BYTES, CalibrationBatch, LayerInfo, calibration_batch,
                                   layer_grams, probe_layers)
-from profiler.mpq.importance import aggregate_importance, beta_for_contrast, sample_timesteps, suffix_mean
+from profiler.mpq.importance import aggregate_importance, beta_for_contrast, sample_timesteps, suffix_mean  # noqa: F401
 from profiler.mpq.orthogonality import cka_matrix, degenerate_mask, orthogonality_sums
 
 OBJECTIVES = ("noise", "bits")
@@ -82,7 +88,7 @@ Progress = Callable[[str, int, int], None]
 class MPQConfig:
     """Settings of an MPQ-Diff profile and allocation (defaults: the documented choices, module doc)."""
 
-    timesteps: int = 10                 # K sampled timesteps (uniform strata of 0..T-1); T = every step
+    timesteps: int | None = None        # K sampled timesteps (uniform strata of 0..T-1); None: the allocator's
     n_calib: int = 32                   # calibration batch size N
     contrast: float = 1.0               # β = contrast / std_i(γ̄_i) (scale-free), unless beta is set
     beta: float | None = None           # absolute β of θ = exp(-β γ); overrides contrast
@@ -102,8 +108,17 @@ class MPQConfig:
     micro_batch: int | None = None      # split the calibration forward (memory); None = all N at once
     max_feature_bytes: int = DEFAULT_MAX_FEATURE_BYTES
     time_limit: float = 60.0            # seconds for the integer program: a safety net (see allocate())
+    allocator: str = DEFAULT_ALLOCATOR  # "grad-sensitivity", "combined", "mpq" (MPQ-Diff), "sensitivity" (allocators)
+    sens_timesteps: int = 2             # timesteps of the sensitivity profile (evenly spaced interior ones)
+    sens_samples: int = 8               # calibration images the sensitivity profile uses
+    sens_probes: int = 8                # random gradient probes per timestep (the gradient estimate)
 
     def __post_init__(self) -> None:
+        get_allocator(self.allocator)  # an unknown name fails here, with the choices
+        for name in ("sens_timesteps", "sens_samples", "sens_probes"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
         if isinstance(self.n_calib, bool) or not isinstance(self.n_calib, int) or self.n_calib < 2:
             raise ValueError(f"n_calib must be an integer >= 2, got {self.n_calib!r}")
         if self.beta is not None and (not np.isfinite(self.beta) or self.beta < 0):
@@ -117,6 +132,11 @@ class MPQConfig:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if len(self.pin_bits) != 2:
             raise ValueError(f"pin_bits must be (w_bits, a_bits), got {self.pin_bits!r}")
+
+    @property
+    def k(self):
+        """The sampled timesteps: ``timesteps``, or the allocator's default K (``"mpq"`` 10, ``"combined"`` 3)."""
+        return self.timesteps if self.timesteps is not None else get_allocator(self.allocator).timesteps
 
     def replace(self, **changes) -> "MPQConfig":
         unknown = set(changes) - {f.name for f in fields(self)}
@@ -138,6 +158,7 @@ class ImportanceProfile:
     degenerate: np.ndarray | None = None   # [K, L] layers constant over the batch at that step
     input_max: np.ndarray | None = None    # [L] max |input| over the batch and timesteps (activation ranges)
     orm: np.ndarray | None = None          # [K, L, L] when kept (keep_orm=True)
+    sensitivity: object | None = None      # baselines.Sensitivity, for allocators that read one (measure_sensitivity)
 
     def beta(self, config: "MPQConfig") -> float:
         return float(config.beta) if config.beta is not None else beta_for_contrast(self.gamma, config.contrast)
@@ -192,30 +213,6 @@ def profile_importance(model, batch: CalibrationBatch, timesteps: int | list[int
                              None if orms is None else np.stack(orms))
 
 
-def quant_noise(bits) -> np.ndarray:
-    """Relative noise power of a symmetric ``b``-bit quantizer: ``(step / range)² = 1/(2^(b−1) − 1)²``."""
-    b = np.asarray(bits, dtype=np.float64)
-    return 1.0 / (2.0 ** (b - 1) - 1.0) ** 2
-
-
-def mpq_values(theta: np.ndarray, w_choices=W_CHOICES, a_choices=A_CHOICES, objective: str = "noise") -> np.ndarray:
-    """Values ``v_i(w, a)`` ``[L, |W|, |A|]`` (choices sorted ascending) for importances ``θ`` ``[L]``.
-
-    * ``"noise"`` (default): ``v = −θ_i · (D(w) + D(a))``, ``D(b) = 1/(2^(b−1)−1)²`` — importance-weighted
-      quantization noise of the layer's weights and of its input, each relative to its range.
-    * ``"bits"``: ``v = θ_i · (w/max W + a/max A)`` — OMPQ's importance-weighted bits, literally.
-    """
-    ws = np.array(sorted(set(w_choices)), dtype=np.float64)
-    as_ = np.array(sorted(set(a_choices)), dtype=np.float64)
-    if objective == "noise":
-        unit = -(quant_noise(ws)[:, None] + quant_noise(as_)[None, :])
-    elif objective == "bits":
-        unit = ws[:, None] / ws.max() + as_[None, :] / as_.max()
-    else:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    return np.asarray(theta, dtype=np.float64)[:, None, None] * unit[None]
-
-
 def pinned_layers(layers: list[LayerInfo], config: MPQConfig) -> dict:
     """``{index: (w, a)}`` of the layers fixed by ``config`` (first and last, when ``pin_first_last``)."""
     if not config.pin_first_last:
@@ -267,23 +264,55 @@ def plan_from_profile(profile: ImportanceProfile, budget: Budget, config: MPQCon
     config = config or MPQConfig()
     layers = profile.layers
     beta = profile.beta(config)
-    theta = profile.importance(beta, config.alpha)
-    values = mpq_values(suffix_mean(theta) if config.propagate else theta, config.w_choices, config.a_choices,
-                        config.objective)
+    values, theta = allocator_values(profile, config)
     pinned = pinned_layers(layers, config)
     alloc = allocate(layers, values, budget, config.w_choices, config.a_choices, pinned, config.time_limit)
-    settings = {"allocator": "mpq", **_settings(config), "beta_used": beta, "timesteps": list(profile.timesteps),
-                "num_train_timesteps": profile.num_train_timesteps, "n_calib": profile.n_calib,
-                "pinned": [layers[i].name for i in pinned], **(extra_settings or {})}
-    return plan_from_allocation(layers, alloc, budget, theta, settings,
-                                {"profile_s": profile.seconds, "solver_optimal": alloc.optimal}, profile.input_max)
+    settings = {"allocator": config.allocator, **_settings(config), "beta_used": beta,
+                "timesteps": list(profile.timesteps), "num_train_timesteps": profile.num_train_timesteps,
+                "n_calib": profile.n_calib, "pinned": [layers[i].name for i in pinned], **(extra_settings or {})}
+    timing = {"profile_s": profile.seconds, "solver_optimal": alloc.optimal}
+    sens = profile.sensitivity if get_allocator(config.allocator).sensitivity else None
+    if sens is not None:
+        settings.update(sensitivity_timesteps=list(sens.timesteps), sensitivity_samples=sens.n_samples)
+        timing["sensitivity_s"] = sens.seconds
+    return plan_from_allocation(layers, alloc, budget, theta, settings, timing, profile.input_max)
+
+
+def sensitivity_timesteps(num_train_timesteps: int, n: int) -> list[int]:
+    """``n`` evenly spaced interior timesteps of ``0 … T−1``, ``round(j·T/(n+1))`` for ``j = 1 … n``
+    (``n = 2``: 333 and 667 of T = 1000): the ends, pure noise and clean images, left out."""
+    T = int(num_train_timesteps)
+    return sorted({min(T - 1, max(1, round(j * T / (n + 1)))) for j in range(1, int(n) + 1)})
+
+
+def measure_sensitivity(model, batch: CalibrationBatch, profile: ImportanceProfile, config: MPQConfig,
+                        progress: Progress | None = None) -> ImportanceProfile:
+    """Measure the sensitivity profile ``config.allocator`` reads (none, the gradient estimate or the exact
+    one) at ``config.sens_timesteps`` :func:`sensitivity_timesteps`, and set it as ``profile.sensitivity``."""
+    kind = get_allocator(config.allocator).sensitivity
+    if kind is None:
+        return profile
+    ts = sensitivity_timesteps(profile.num_train_timesteps, config.sens_timesteps)
+    if kind == "gradient":
+        from profiler.mpq.gradient_sensitivity import gradient_sensitivity
+
+        profile.sensitivity = gradient_sensitivity(model, batch, profile.layers, ts, profile.input_max,
+                                                   config.sens_samples, config.sens_probes, config.w_choices,
+                                                   config.a_choices, config.seed, progress)
+    else:
+        from profiler.mpq.baselines import sensitivity_profile
+
+        profile.sensitivity = sensitivity_profile(model, batch, profile.layers, ts, config.sens_samples,
+                                                  config.w_choices, config.a_choices, progress)
+    return profile
 
 
 def _settings(config: MPQConfig) -> dict:
     d = asdict(config)
     for k in ("w_choices", "a_choices", "pin_bits", "contrast_grid", "alpha_grid"):
         d[k] = list(d[k])
-    d["k"] = d.pop("timesteps")
+    d.pop("timesteps")
+    d["k"] = config.k
     return d
 
 
@@ -360,7 +389,8 @@ def profile_bits(model, dataset, budget=None, *, avg_bits: float | None = None,
         budget: weight memory in bytes as ``finetune.quant`` stores it (or a :class:`Budget`); the BOPs
             budget is then that of a uniform plan with the same average bits and 8-bit activations.
         avg_bits: instead of ``budget``: average weight bits (nominal bytes, BOPs of ``W{avg}A8``).
-        timesteps: ``K`` sampled timesteps (or explicit steps); default ``config.timesteps`` (10).
+        timesteps: ``K`` sampled timesteps (or explicit steps); default ``config.k`` (the allocator's K:
+            10 for ``"mpq"``, 3 for ``"combined"``).
         config: an :class:`MPQConfig`; ``overrides`` set its fields (``contrast=…``, ``validate=True``, …).
         progress: ``progress(stage, done, total)``.
 
@@ -376,8 +406,9 @@ def profile_bits(model, dataset, budget=None, *, avg_bits: float | None = None,
     bud = resolve_budget(layers, budget, avg_bits, config.a_bits_reference)
     # Infeasible budgets fail before the (long) profile.
     check_budget(layers, bud, config.w_choices, config.a_choices, pinned_layers(layers, config))
-    prof = profile_importance(model, batch, config.timesteps, layers, config.micro_batch, config.max_feature_bytes,
+    prof = profile_importance(model, batch, config.k, layers, config.micro_batch, config.max_feature_bytes,
                               progress=progress)
+    measure_sensitivity(model, batch, prof, config, progress)
     extra = {"model": given_ref or model_ref(model), "dataset": getattr(ds, "ref", None) or ds.name}
     if config.validate:
         val = validation_images(ds.train, batch, config.n_validation)
@@ -418,8 +449,9 @@ def profile_bits_at(model, dataset, avg_bits, *, config: MPQConfig | None = None
         budgets[b] = bud
     if not budgets:
         return {}
-    prof = profile_importance(model, batch, config.timesteps, layers, config.micro_batch, config.max_feature_bytes,
+    prof = profile_importance(model, batch, config.k, layers, config.micro_batch, config.max_feature_bytes,
                               progress=progress)
+    measure_sensitivity(model, batch, prof, config, progress)
     extra = {"model": given_ref or model_ref(model), "dataset": getattr(ds, "ref", None) or ds.name}
     return {b: plan_from_profile(prof, bud, config, extra) for b, bud in budgets.items()}
 

@@ -76,16 +76,19 @@ class QuantizeResult:
 
 
 def run_quantize(model, data, out, *, budget_mb: float | None = None, avg_bits: float | None = None,
-                 timesteps: int = 10, n_calib: int = 32, validate: bool = False, seed: int = 0,
+                 timesteps: int | None = None, n_calib: int = 32, validate: bool = False, seed: int = 0,
                  save_weights: bool = True, config: MPQConfig | None = None,
-                 progress: Progress | None = None) -> QuantizeResult:
+                 progress: Progress | None = None, allocator: str | None = None) -> QuantizeResult:
     """Profile, allocate, write ``out`` (plan JSON) + ``out``.png, quantize and save; see module doc.
 
     Args:
         model, data: references (``zoo:NAME`` / folder / Hub id; ``builtin:NAME`` / folder) or objects.
         out: path of the plan JSON (``.json`` is appended when missing).
         budget_mb / avg_bits: the weight budget (exactly one).
-        timesteps, n_calib, validate, seed: profile settings (see :class:`~profiler.mpq.profile.MPQConfig`).
+        timesteps, n_calib, validate, seed: profile settings (see :class:`~profiler.mpq.profile.MPQConfig`;
+            ``timesteps=None``: the allocator's K).
+        allocator: a registered allocator (``profiler.mpq.allocators``: ``"grad-sensitivity"``, the default,
+            ``"combined"``, ``"mpq"`` for MPQ-Diff as published, ``"sensitivity"``); ``None``: ``config``'s.
         save_weights: write the quantized layers to ``out`` with suffix ``.safetensors``.
         progress: ``progress(stage, done, total)``; stages "load", "profile", "validate", "quantize".
     """
@@ -109,7 +112,8 @@ def run_quantize(model, data, out, *, budget_mb: float | None = None, avg_bits: 
     tick("load", 1, 1)
 
     t = time.perf_counter()
-    cfg = (config or MPQConfig()).replace(n_calib=n_calib, seed=seed, validate=validate)
+    cfg = (config or MPQConfig()).replace(n_calib=n_calib, seed=seed, validate=validate,
+                                          **({} if allocator is None else {"allocator": allocator}))
     plan = profile_bits(m, ds, budget=None if budget_mb is None else budget_mb * MB, avg_bits=avg_bits,
                         timesteps=timesteps, config=cfg, progress=progress)
     if ref is not None:

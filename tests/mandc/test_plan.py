@@ -237,6 +237,19 @@ def _fake_plan(**kw) -> Plan:
     return Plan.from_json(d)
 
 
+def test_plan_and_report_name_the_bit_allocator(tmp_path):
+    from mandc.report import write_reports
+
+    bitplan = {"format": "mandc.bitplan", "version": 1, "layers": {"conv_in": {"w_bits": 8, "a_bits": 8}},
+               "usage": {"avg_bits": 8.0}, "settings": {"allocator": "combined"}}
+    plan = _fake_plan(bitplan=bitplan)
+    assert Plan.from_json(json.loads(json.dumps(plan.to_json()))).bitplan["settings"]["allocator"] == "combined"
+    assert any("allocator combined" in line for line in plan.summary())
+    paths = write_reports(plan, tmp_path)
+    assert "allocator combined" in paths["markdown"].read_text()
+    assert "allocator <code>combined</code>" in paths["html"].read_text()
+
+
 def test_report_escapes_every_string(tmp_path):
     from mandc.report import write_reports
 

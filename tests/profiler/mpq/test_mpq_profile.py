@@ -74,7 +74,7 @@ def test_micro_batched_capture_matches_one_forward(tiny_unet, unet_profile):
 
 
 def test_profile_bits_respects_budget_and_pins(tiny_unet, data):
-    plan = profile_bits(tiny_unet, data, avg_bits=3, timesteps=3, n_calib=8, time_limit=2.0)
+    plan = profile_bits(tiny_unet, data, avg_bits=3, timesteps=3, n_calib=8, time_limit=2.0, allocator="mpq")
     b, u = plan.budget, plan.usage
     assert u["weight_bytes"] <= b["weight_bytes"] and u["bops"] <= b["bops"] and u["avg_bits"] <= 3 + 1e-9
     assert set(plan.w_bits) <= {2, 3, 4, 6, 8} and set(plan.a_bits) <= {4, 6, 8, 16}
@@ -86,7 +86,7 @@ def test_profile_bits_respects_budget_and_pins(tiny_unet, data):
 def test_bigger_budget_never_costs_quality_in_the_objective(tiny_unet, unet_profile):
     """More memory gives at least as many bits on average (monotone plans over budgets)."""
     _, prof = unet_profile
-    cfg = MPQConfig(time_limit=1.0)
+    cfg = MPQConfig(time_limit=1.0, allocator="mpq")
     avg = [plan_from_profile(prof, Budget.from_avg_bits(prof.layers, b), cfg).usage["avg_bits"] for b in (2.5, 4, 6)]
     assert avg[0] < avg[1] < avg[2]
 
@@ -116,7 +116,7 @@ def test_dit_profile_and_baselines(tiny_dit, data):
     names = prof.names
     assert {i.name: i.role for i in prof.layers if i.role} == {"pos_embed.proj": "input", "proj_out": "output"}
     budget = Budget.from_avg_bits(prof.layers, 4)
-    mpq = plan_from_profile(prof, budget, MPQConfig(time_limit=2.0))
+    mpq = plan_from_profile(prof, budget, MPQConfig(time_limit=2.0, allocator="mpq"))
     uni = baseline_plan(prof.layers, "uniform", budget, uniform_bits=(4, 8))
     assert uni.usage["weight_bytes"] == pytest.approx(budget.weight_bytes)  # uniform defines the budget
     rnd = baseline_plan(prof.layers, "random", budget, seed=1, theta=prof.importance(prof.beta(MPQConfig())),
