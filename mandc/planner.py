@@ -431,12 +431,13 @@ class Planner:
     def _entries(self, graph, ref, models, scores, measured_raw, probe_losses) -> list[RankedModel]:
         near = graph.nearest(ref, n=NEAREST)
         near_scores = {d: graph.scores(d) for d, _ in near}
+        winners = {d: graph.winner(d) for d, _ in near}  # once per dataset, not once per (model, dataset)
         order = sorted(models, key=lambda m: (-_finite(scores.get(m)), m))
         out = []
         for rank, m in enumerate(order, 1):
             evidence = [{"dataset": d, "similarity": round(s, 4),
                          "score": None if near_scores[d].get(m) is None else round(near_scores[d][m], 4),
-                         "won": graph.winner(d) == m} for d, s in near]
+                         "won": winners[d] == m} for d, s in near]
             out.append(RankedModel(model=m, rank=rank, score=float(_finite(scores.get(m))),
                                    measured_loss=measured_raw.get(m), probe_loss=probe_losses.get(m),
                                    evidence=evidence, mixture={f: round(w, 4) for f, w in graph.mixture(m).items()},

@@ -151,6 +151,7 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._depth = 0
         self._graph_cache: tuple[str, int, object] | None = None
+        self._hash_cache: tuple[tuple[int, int], str] | None = None  # ((total_changes, data_version), hash)
         try:
             self._con = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
             self._con.execute("PRAGMA foreign_keys = ON")
@@ -475,14 +476,19 @@ class Store:
 
     def content_hash(self) -> str:
         """sha256 over every model, dataset and record row (not the meta table): equal contents, equal hash.
-        It keys the planner's cache of fitted selectors."""
+        It keys the planner's cache of fitted selectors. Kept until this connection writes a row or another
+        connection commits (``total_changes``, ``PRAGMA data_version``): on 100k records hashing takes seconds."""
+        stamp = (self._con.total_changes, self._con.execute("PRAGMA data_version").fetchone()[0])
+        if self._hash_cache is not None and self._hash_cache[0] == stamp:
+            return self._hash_cache[1]
         h = hashlib.sha256()
         for table, cols in (("models", "ref, features, info"), ("datasets", "ref, vector, family"),
                             ("records", "job_id, record")):
             h.update(table.encode())
             for row in self._con.execute(f"SELECT {cols} FROM {table} ORDER BY {cols.split(',')[0]}"):
                 h.update(canonical_json(list(row)).encode())
-        return h.hexdigest()
+        self._hash_cache = (stamp, h.hexdigest())
+        return self._hash_cache[1]
 
     def graph(self, k: int = DEFAULT_K):
         """The :class:`~mandc.graph.MatchingGraph` of the store's contents, ``k`` similarity edges per dataset.

@@ -219,3 +219,21 @@ def test_a_near_constant_column_cannot_dominate_similarity(ref):
     g = MatchingGraph.from_reference(records, models, lines + [user], k=3)
     assert np.abs(g.standardized(g.vector("/data/u")[None])).max() == pytest.approx(CLIP_Z)
     assert g.nearest("/data/u", n=1, profiled_only=False)[0][0] == twin["ref"]
+
+
+def test_copies_are_deep_copies_in_the_same_order(graph):
+    """``copy()`` (and so ``without_performance``) equals ``copy.deepcopy``: the same node and adjacency
+    order, equal attributes, nothing shared with the original, one edge dict for both directions."""
+    import copy
+
+    g = graph.copy()
+    g.add_dataset("/new/target", graph.vector(graph.datasets[0]) * 1.01)
+    c, d = g.copy(), copy.deepcopy(g.G)
+    assert list(c.G.nodes) == list(d.nodes) and [list(c.G.adj[n]) for n in c.G] == [list(d.adj[n]) for n in d]
+    assert json.dumps(c.to_json()) == json.dumps(MatchingGraph(d).to_json()) and c.G.graph == d.graph
+    u, v, a = c.edges("perf")[0]
+    assert a is c.G.edges[v, u] and a is not g.G.edges[u, v]
+    next(iter(a["runs"].values()))["loss"] = -1.0
+    c.G.nodes[v]["x"]["log10_params"] = -1.0  # u < v: u is the dataset, v the model
+    assert -1.0 not in [r["loss"] for r in g.G.edges[u, v]["runs"].values()]
+    assert g.G.nodes[v]["x"]["log10_params"] != -1.0 and c.G.nodes[u]["x"] == g.G.nodes[u]["x"]

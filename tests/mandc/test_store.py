@@ -148,3 +148,15 @@ def test_an_empty_store_stays_unseeded_and_a_new_one_seeds_from_the_shipped_refe
     assert Store(tmp_path / "empty.sqlite").counts()["records"] == 0   # made empty on purpose: not seeded later
     fresh = Store(tmp_path / "home" / "graph.sqlite")                  # the default: seeded on first use
     assert fresh.reference_origin == "shipped" and fresh.counts()["records"] == len(reference[0])
+
+
+def test_content_hash_is_recomputed_after_a_write_here_or_by_another_connection(tmp_path, reference):
+    path = tmp_path / "g.sqlite"
+    with Store(path, reference=reference) as s, Store(path) as other:
+        h0 = s.content_hash()
+        assert s.content_hash() == h0 == other.content_hash()
+        s.add_records([record("zoo:unet-s-shapes", "builtin:shapes_triangles", 7, 0.5)])
+        h1 = s.content_hash()
+        assert h1 != h0 and other.content_hash() == h1  # the other connection sees the commit
+        other.add_records([record("zoo:unet-s-shapes", "builtin:shapes_triangles", 8, 0.4)])
+        assert s.content_hash() not in (h0, h1) and s.content_hash() == other.content_hash()
