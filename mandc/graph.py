@@ -261,6 +261,17 @@ class MatchingGraph:
     def copy(self) -> "MatchingGraph":
         return MatchingGraph(_copy_graph(self.G))
 
+    def overlay(self) -> "MatchingGraph":
+        """A graph that reads this one's nodes and edges without copying them (O(nodes), not O(edges)), to
+        which :meth:`add_dataset` can add a dataset this graph does not hold without changing this graph:
+        an adjacency row is copied when an edge is added to or removed from it. Only that and reading are
+        allowed on it (attribute dicts are shared; for anything else use :meth:`copy`). What recommending
+        for a new target needs, on a graph of any size."""
+        H = _Overlay()
+        H.graph.update(self.G.graph)
+        H._node, H._adj = dict(self.G._node), dict(self.G._adj)
+        return MatchingGraph(H)
+
     # ------------------------------------------------------------------ reading
     @property
     def models(self) -> list[str]:
@@ -308,7 +319,7 @@ class MatchingGraph:
     def mixture(self, ref: str) -> dict[str, float]:
         """Model ``ref``'s pretraining mixture ``{family: weight}`` as the selector sees it: its ``mix_<family>``
         features, normalised to sum 1 (``{}`` if it has none)."""
-        mix = {k[4:]: v for k, v in self.model_features(ref).items() if k.startswith("mix_") and v > 0}
+        mix = {k[4:]: v for k, v in self.G.nodes[_mref(ref)]["x"].items() if k.startswith("mix_") and v > 0}
         total = sum(mix.values())
         return {f: w / total for f, w in mix.items()} if total > 0 else {}
 
@@ -455,3 +466,36 @@ def _copy_graph(G: nx.Graph) -> nx.Graph:
         H._adj[u] = {v: shared[id(a)] if id(a) in shared else shared.setdefault(id(a), _plain_copy(a))
                      for v, a in nbrs.items()}
     return H
+
+
+class _Overlay(nx.Graph):
+    """A graph sharing another's node and edge dicts (:meth:`MatchingGraph.overlay`): adding or removing an
+    edge first gives the touched nodes their own adjacency rows (and an existing edge its own attributes)."""
+
+    def __init__(self, *args, **kwargs):
+        self._owned: set = set()
+        super().__init__(*args, **kwargs)
+
+    def _own(self, n) -> None:
+        if n in self._adj and n not in self._owned:
+            self._adj[n] = dict(self._adj[n])
+            self._owned.add(n)
+
+    def add_edge(self, u, v, **attr):
+        self._own(u)
+        self._own(v)
+        if u in self._adj and v in self._adj[u]:
+            self._adj[u][v] = self._adj[v][u] = dict(self._adj[u][v])
+        super().add_edge(u, v, **attr)
+
+    def remove_edge(self, u, v):
+        self._own(u)
+        self._own(v)
+        super().remove_edge(u, v)
+
+    def remove_edges_from(self, ebunch):
+        ebunch = list(ebunch)
+        for e in ebunch:
+            self._own(e[0])
+            self._own(e[1])
+        super().remove_edges_from(ebunch)

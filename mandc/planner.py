@@ -368,8 +368,9 @@ class Planner:
         t0 = time.perf_counter()
         if not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
-        base = self.graph()
-        graph = base.copy()
+        # read only: the store's cached graph itself, and an overlay of it that takes the target
+        base = self.store.graph(self.k, copy=False) if self.store is not None else self._graph
+        graph = base.overlay()
         ref, ds, added, info = self._target(dataset, graph)
         models = graph.models
         if not models:

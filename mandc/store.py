@@ -490,16 +490,18 @@ class Store:
         self._hash_cache = (stamp, h.hexdigest())
         return self._hash_cache[1]
 
-    def graph(self, k: int = DEFAULT_K):
+    def graph(self, k: int = DEFAULT_K, copy: bool = True):
         """The :class:`~mandc.graph.MatchingGraph` of the store's contents, ``k`` similarity edges per dataset.
 
         Records naming a model or dataset the store has no line for (e.g. user records of a model
-        dropped by a newer reference) are left out with a warning. The graph is cached per content."""
+        dropped by a newer reference) are left out with a warning. The graph is cached per content;
+        ``copy=False`` returns the cached graph itself, for a caller that only reads it (no copy of
+        100k edges per call)."""
         from mandc.graph import MatchingGraph
 
         key = self.content_hash()
         if self._graph_cache is not None and self._graph_cache[:2] == (key, k):
-            return self._graph_cache[2].copy()
+            return self._graph_cache[2].copy() if copy else self._graph_cache[2]
         models, datasets = self.models(), self.datasets()
         if not datasets or not models:
             hint = ("the shipped reference (data/reference/*.jsonl) was not found when it was opened; regenerate "
@@ -519,7 +521,7 @@ class Store:
                           f"(e.g. {job['model']} on {job['dataset']}); left out of the graph", stacklevel=2)
         g = MatchingGraph.from_reference(records, models, datasets, k=k)
         self._graph_cache = (key, k, g)
-        return g.copy()
+        return g.copy() if copy else g
 
     # ------------------------------------------------------------------ JSON
     def to_json(self) -> dict:

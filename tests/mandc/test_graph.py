@@ -237,3 +237,16 @@ def test_copies_are_deep_copies_in_the_same_order(graph):
     c.G.nodes[v]["x"]["log10_params"] = -1.0  # u < v: u is the dataset, v the model
     assert -1.0 not in [r["loss"] for r in g.G.edges[u, v]["runs"].values()]
     assert g.G.nodes[v]["x"]["log10_params"] != -1.0 and c.G.nodes[u]["x"] == g.G.nodes[u]["x"]
+
+
+def test_an_overlay_takes_a_new_dataset_like_a_copy_and_leaves_the_graph_alone(graph):
+    before = json.dumps(graph.to_json())
+    vec = graph.vector(graph.datasets[1]) * 0.97
+    o, c = graph.overlay(), graph.copy()
+    o.add_dataset("/new/target", vec)
+    c.add_dataset("/new/target", vec)
+    assert json.dumps(o.to_json()) == json.dumps(c.to_json())
+    assert [list(o.G.adj[n]) for n in o.G] == [list(c.G.adj[n]) for n in c.G]
+    assert json.dumps(graph.to_json()) == before and "/new/target" not in graph.datasets
+    o.G.remove_edges_from([("d:/new/target", n) for n in list(o.G.neighbors("d:/new/target"))])
+    assert json.dumps(graph.to_json()) == before
