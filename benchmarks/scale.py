@@ -35,7 +35,11 @@ dataset vector is a fixed linear map of ``v_d`` plus noise and the card embeddin
 A ``density`` share of all pairs is profiled: every dataset gets ``round(density·models)`` models drawn
 uniformly without replacement. The JSON reports the selector's own CV regret (grouped 4-fold over the
 training datasets) of the neighbour prior alone (0 rounds) and of the chosen rounds, against a random
-pick, to show the selection problem is learnable, not noise.
+pick, to show the selection problem is learnable, not noise. ``recommend_*_cached`` are the
+``Recommendation.cached`` flags (the selector, or the target's predictions, came from a cache: true for
+both calls, since the select step hands its fitted selector to the planner).
+
+The before/after in the README ran this script in a copy of the tree before the scale changes.
 """
 from __future__ import annotations
 
