@@ -57,7 +57,8 @@ def model_feature_names(graph: MatchingGraph) -> list[str]:
 def model_matrix(graph: MatchingGraph, names: list[str] | None = None) -> np.ndarray:
     """``[M, F]`` raw model features in ``graph.models`` order."""
     names = model_feature_names(graph) if names is None else names
-    return np.array([[graph.model_features(m).get(k, 0.0) for k in names] for m in graph.models], dtype=np.float64)
+    feats = [graph.model_features(m) for m in graph.models]  # one dict copy per model, not per (model, key)
+    return np.array([[f.get(k, 0.0) for k in names] for f in feats], dtype=np.float64)
 
 
 def positive_pairs(graph: MatchingGraph, pos_top: int, pos_score: float = 1.0) -> set[tuple[str, str]]:
@@ -215,8 +216,15 @@ class SageEmbedder:
         return self
 
     @torch.no_grad()
-    def embed_many(self, graph: MatchingGraph, hides: list) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
-        """``[embed(graph, hide) for hide in hides]`` in one batched forward pass."""
+    def embed_many(self, graph: MatchingGraph, hides: list, need: list | None = None,
+                   local_rows: int | None = None) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+        """``[embed(graph, hide) for hide in hides]`` in one batched forward pass.
+
+        ``need`` (one ``(model refs, dataset refs)`` per hide): only those nodes' embeddings are wanted, and
+        each copy's dicts hold just them. Then, when the ``B`` full copies would exceed ``local_rows`` node
+        rows (default :data:`LOCAL_ROWS`), each copy runs on the 2-hop neighbourhood of its needed nodes
+        only (:func:`_local_forward`): exact, since two message-passing layers see nothing further, and it
+        costs what the needed nodes' neighbourhoods hold instead of ``B·(M+N)`` rows."""
         if self.net is None:
             raise RuntimeError("SageEmbedder.embed before fit")
         if model_feature_names(graph) != self._feature_names:
@@ -224,9 +232,22 @@ class SageEmbedder:
         if not hides:  # e.g. an empty cross-fitting fold (fewer training datasets than folds)
             return []
         t = GraphTensors.from_graph(graph, self.cfg.pos_top, self.cfg.use_data_edges, self.cfg.pos_score)
-        hidden = torch.tensor([[d in set(h) for d in t.datasets] for h in hides], dtype=torch.bool).reshape(len(hides), -1)
+        di = {d: i for i, d in enumerate(t.datasets)}
+        hidden = torch.zeros(len(hides), len(t.datasets), dtype=torch.bool)
+        for b, h in enumerate(hides):
+            hidden[b, [di[d] for d in h if d in di]] = True
+        if need is not None and len(hides) * (len(t.models) + len(t.datasets)) > (local_rows or LOCAL_ROWS):
+            mi = {m: i for i, m in enumerate(t.models)}
+            idx = [(np.array([mi[m] for m in ms], dtype=np.int64), np.array([di[d] for d in ds], dtype=np.int64))
+                   for ms, ds in need]
+            out = _local_forward(self.net, t, hidden, idx, local_rows or LOCAL_ROWS)
+            return [({m: zm[i] for i, m in enumerate(ms)}, {d: zd[i] for i, d in enumerate(ds)})
+                    for (ms, ds), (zm, zd) in zip(need, out)]
         zm, zd = _batched_forward(self.net, t, hidden)
         zm, zd = zm.numpy(), zd.numpy()
+        if need is not None:
+            mi = {m: i for i, m in enumerate(t.models)}
+            return [({m: zm[b, mi[m]] for m in ms}, {d: zd[b, di[d]] for d in ds}) for b, (ms, ds) in enumerate(need)]
         return [({m: zm[b, i] for i, m in enumerate(t.models)}, {d: zd[b, i] for i, d in enumerate(t.datasets)})
                 for b in range(len(hides))]
 
@@ -247,6 +268,72 @@ def _batched_forward(net: SageNet, t: GraphTensors, hidden: torch.Tensor):
         goods.append(t.pos[:, keep] + torch.tensor([[b * M], [b * N]]))
     zm, zd = net(t.xm.repeat(B, 1), t.xd.repeat(B, 1), torch.cat(sims, 1), torch.cat(goods, 1))
     return zm.reshape(B, M, -1), zd.reshape(B, N, -1)
+
+
+#: Node rows (copies × nodes) above which :meth:`SageEmbedder.embed_many` with ``need`` runs each copy on
+#: its needed nodes' 2-hop neighbourhood instead of the whole graph (the reference's 32 copies of ~70 nodes
+#: stay far below, so its embeddings come from the full batch).
+LOCAL_ROWS = 200_000
+
+
+def _local_forward(net: SageNet, t: GraphTensors, hidden: torch.Tensor, need: list, chunk_rows: int) -> list:
+    """``net``'s outputs at the needed nodes of each copy, copy ``b`` dropping the positive perf edges of the
+    datasets with ``hidden[b]`` set, computed on subgraphs: copy ``b`` keeps only the nodes within 2 hops
+    of its needed nodes ``need[b] = (model indices, dataset indices)`` and the edges among them. A layer's
+    output at a node reads only its neighbours' previous outputs, so after 2 layers the needed nodes see
+    exactly what they see in the whole graph (nodes at distance 2 enter through their encoded inputs
+    only). Subgraphs are batched block-diagonally, about ``chunk_rows`` node rows per pass. Returns
+    ``[(zm [len(models_b), dim], zd [len(datasets_b), dim])]`` numpy, in ``need``'s order."""
+    import scipy.sparse as sp
+
+    M, N = t.xm.shape[0], t.xd.shape[0]
+    sim, pos = t.sim.numpy(), t.pos.numpy()
+    # one homogeneous adjacency over models [0, M) and datasets [M, M + N): sim (both ways) + positive pairs;
+    # hidden edges are kept here (a superset of nodes is harmless) and dropped from each copy's edge list
+    src = np.concatenate([sim[0] + M, pos[0], pos[1] + M])
+    dst = np.concatenate([sim[1] + M, pos[1] + M, pos[0]])
+    A = sp.csr_matrix((np.ones(len(src), dtype=np.int8), (dst, src)), shape=(M + N, M + N))
+    hid = hidden.numpy()
+    out: list = [None] * len(need)
+    batch: list = []
+
+    def run(batch):
+        xm, xd, sims, goods, om, od = [], [], [], [], 0, 0
+        for b, ms, ds, e_sim, e_pos in batch:
+            xm.append(t.xm[ms])
+            xd.append(t.xd[ds])
+            sims.append(e_sim + od)
+            goods.append(e_pos + np.array([[om], [od]]))
+            om, od = om + len(ms), od + len(ds)
+        cat = lambda es: torch.from_numpy(np.concatenate(es, 1) if es else np.zeros((2, 0), np.int64))  # noqa: E731
+        zm, zd = net(torch.cat(xm), torch.cat(xd), cat(sims), cat(goods))
+        zm, zd = zm.numpy(), zd.numpy()
+        om, od = 0, 0
+        for b, ms, ds, _, _ in batch:
+            want_m, want_d = need[b]
+            out[b] = (zm[om + np.searchsorted(ms, want_m)], zd[od + np.searchsorted(ds, want_d)])
+            om, od = om + len(ms), od + len(ds)
+
+    rows = 0
+    for b, (want_m, want_d) in enumerate(need):
+        nodes = np.union1d(want_m, want_d + M)
+        for _ in range(2):
+            nodes = np.union1d(nodes, A[nodes].indices)
+        ms, ds = nodes[nodes < M], nodes[nodes >= M] - M
+        mloc, dloc = np.full(M, -1), np.full(N, -1)
+        mloc[ms], dloc[ds] = np.arange(len(ms)), np.arange(len(ds))
+        ls = dloc[sim]
+        e_sim = ls[:, (ls >= 0).all(0)]
+        lp = np.stack([mloc[pos[0]], dloc[pos[1]]])
+        e_pos = lp[:, (lp >= 0).all(0) & ~hid[b][pos[1]]] if pos.size else lp
+        batch.append((b, ms, ds, e_sim, e_pos))
+        rows += len(nodes)
+        if rows >= chunk_rows:
+            run(batch)
+            batch, rows = [], 0
+    if batch:
+        run(batch)
+    return out
 
 
 # ------------------------------------------------------------------------------------------ node2vec

@@ -382,8 +382,9 @@ class Planner:
         t0 = time.perf_counter()
         if not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
-        base = self.graph()
-        graph = base.copy()
+        # read only: the store's cached graph itself, and an overlay of it that takes the target
+        base = self.store.graph(self.k, copy=False) if self.store is not None else self._graph
+        graph = base.overlay()
         ref, ds, added, info = self._target(dataset, graph)
         models = graph.models
         if not models:
@@ -454,12 +455,13 @@ class Planner:
     def _entries(self, graph, ref, models, scores, measured_raw, probe_losses) -> list[RankedModel]:
         near = graph.nearest(ref, n=NEAREST)
         near_scores = {d: graph.scores(d) for d, _ in near}
+        winners = {d: graph.winner(d) for d, _ in near}  # once per dataset, not once per (model, dataset)
         order = sorted(models, key=lambda m: (-_finite(scores.get(m)), m))
         out = []
         for rank, m in enumerate(order, 1):
             evidence = [{"dataset": d, "similarity": round(s, 4),
                          "score": None if near_scores[d].get(m) is None else round(near_scores[d][m], 4),
-                         "won": graph.winner(d) == m} for d, s in near]
+                         "won": winners[d] == m} for d, s in near]
             out.append(RankedModel(model=m, rank=rank, score=float(_finite(scores.get(m))),
                                    measured_loss=measured_raw.get(m), probe_loss=probe_losses.get(m),
                                    evidence=evidence, mixture={f: round(w, 4) for f, w in graph.mixture(m).items()},

@@ -163,7 +163,8 @@ def _unit(x: np.ndarray) -> np.ndarray:
 # One function per group of FEATURE_GROUPS: ``{column name: values [len(models)]}`` for target dataset ``d``.
 def model_columns(graph: MatchingGraph, models: list[str], keys: list[str]) -> dict[str, np.ndarray]:
     """``m.<key>``: each model's own features (NaN where a model lacks one)."""
-    return {f"m.{k}": np.array([graph.model_features(m).get(k, np.nan) for m in models], dtype=np.float64) for k in keys}
+    feats = [graph.model_features(m) for m in models]  # once per model, not once per (model, key)
+    return {f"m.{k}": np.array([f.get(k, np.nan) for f in feats], dtype=np.float64) for k in keys}
 
 
 def data_columns(graph: MatchingGraph, d: str, n_models: int) -> dict[str, np.ndarray]:
@@ -189,16 +190,18 @@ def pair_columns(graph: MatchingGraph, ctx: dict, d: str, models: list[str]) -> 
     soft = soft / soft.sum() if fds else soft
     fams = sorted(set(fam))
     cents = {f: _unit(U[[i for i, g in enumerate(fam) if g == f]].mean(0)) for f in fams}
+    fam_index = {f: i for i, f in enumerate(fams)}
+    code = np.array([fam_index[g] for g in fam], dtype=np.int64)  # each j's family, as an index into fams
+    C = np.stack([cents[f] for f in fams]) if fams else None         # [F, D] family centroids
     cols = {"mix_cos": [], "mix_sim": [], "mix_soft": [], "mix_nn": []}
     for m in models:
         mix = graph.mixture(m)
-        w = np.array([mix.get(f, 0.0) for f in fam])               # the mixture weight of each j's family
+        wf = np.array([mix.get(f, 0.0) for f in fams])
+        w = wf[code]                                                # the mixture weight of each j's family
         if not fds or not any(f in mix for f in fams):
             for v in cols.values():
                 v.append(np.nan)
             continue
-        wf = np.array([mix.get(f, 0.0) for f in fams])
-        C = np.stack([cents[f] for f in fams])
         cols["mix_cos"].append(float(ud @ _unit(wf @ C)))
         cols["mix_sim"].append(float(wf @ (C @ ud) / max(wf.sum(), 1e-12)))
         cols["mix_soft"].append(float(soft @ w))
@@ -215,11 +218,18 @@ def neighbor_columns(ctx: dict, d: str, models: list[str], knn: int) -> dict[str
     if not others:
         return {f"n.{n}": np.full(len(models), np.nan) for n in names}
     ud = ctx["u"][d]
-    S = np.array([[ctx["scores"][j].get(m, np.nan) for m in models] for j in others]).reshape(len(others), len(models))
-    inh = ctx.get("inherited") or {}
+    # score of each model on each other profiled dataset, NaN where not measured: [len(others), len(models)]
+    S = ctx["S"][np.ix_([ctx["profiled_index"][j] for j in others], [ctx["model_index"][m] for m in models])]
     # E: the evidence, S with lineage filling where a model is unmeasured (the measured models' columns are S's)
-    E = np.array([[ctx["scores"][j].get(m, inh.get(j, {}).get(m, np.nan)) for m in models] for j in others]
-                 ).reshape(len(others), len(models))
+    E = S
+    inh = ctx.get("inherited") or {}
+    if any(inh.values()):
+        E = S.copy()
+        col = {m: i for i, m in enumerate(models)}
+        for r, j in enumerate(others):
+            for m, v in inh.get(j, {}).items():
+                if m in col and np.isnan(E[r, col[m]]):
+                    E[r, col[m]] = v
     sims = np.array([ctx["u"][j] for j in others]) @ ud
     near = np.lexsort((np.array(others), -sims))[:knn]             # by similarity, ties by ref
     w = np.maximum(sims[near], 0.0)[:, None] + 1e-3                 # [k, 1]
@@ -228,7 +238,10 @@ def neighbor_columns(ctx: dict, d: str, models: list[str], knn: int) -> dict[str
     best = np.nanmax(np.where(np.isnan(S), -np.inf, S), 1)[near][:, None]
     n_j = known.sum(1, keepdims=True)
     # rank of m on j: how many measured models beat it, over (models on j - 1); 0 = best
-    better = (Sn[:, None, :] > En[:, :, None]).sum(2)
+    # (a per-row sort, not the [k, M, M] comparison: O(k·M log M) for a candidate list of any size)
+    srt = np.sort(np.where(known, Sn, -np.inf), 1)
+    better = np.stack([Sn.shape[1] - np.searchsorted(srt[i], En[i], side="right") for i in range(len(Sn))]) \
+        if len(Sn) else np.zeros(Sn.shape, dtype=np.int64)
     rank = np.where(~np.isnan(En), better / np.maximum(n_j - 1, 1), np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
         values = (np.nansum(w * En, 0) / (w * ~np.isnan(En)).sum(0), (w * (En >= best)).sum(0) / w.sum(),
@@ -286,7 +299,13 @@ class Selector:
         profiled = graph.profiled
         u = {d: _unit(graph.standardized(graph.vector(d)[None])[0]) for d in graph.datasets}
         fam = {d: graph.family(d) for d in graph.datasets if graph.family(d)}
-        ctx = {"profiled": profiled, "scores": {d: graph.scores(d) for d in profiled}, "u": u, "family": fam}
+        scores = {d: graph.scores(d) for d in profiled}
+        mi = {m: i for i, m in enumerate(graph.models)}
+        S = np.full((len(profiled), len(mi)), np.nan)  # [profiled, models] scores, NaN = not measured
+        for i, d in enumerate(profiled):
+            S[i, [mi[m] for m in scores[d]]] = list(scores[d].values())
+        ctx = {"profiled": profiled, "scores": scores, "u": u, "family": fam, "S": S, "model_index": mi,
+               "profiled_index": {d: i for i, d in enumerate(profiled)}}
         if getattr(self.cfg, "lineage", False):  # getattr: a selector pickled before the option reads as off
             ctx["inherited"] = {d: graph.inherited_scores(d) for d in profiled}
         return ctx
@@ -339,7 +358,7 @@ class Selector:
         if cfg.embedding == "sage" and cfg.crossfit > 1:
             embs = self._crossfit_embeddings(graph, profiled)
         elif cfg.embedding == "sage":  # each training dataset embedded with its own perf edges hidden
-            embs = self.embedder.embed_many(graph, [[d] for d in profiled])
+            embs = self.embedder.embed_many(graph, [[d] for d in profiled], need=[(list(ctx["scores"][d]), [d]) for d in profiled])
         else:
             embs = [self._embedding(graph)] * len(profiled)
         X, y, yr, groups = [], [], [], []
@@ -468,7 +487,8 @@ class Selector:
         for k, fold in enumerate(folds):
             gk = graph.without_performance(fold)
             ek = SageEmbedder(SageConfig(**{**cfg.sage, "use_data_edges": cfg.use_data_edges})).fit(gk, seed=cfg.seed + 1 + k)
-            for d, e in zip(fold, ek.embed_many(gk, [[d] for d in fold])):
+            need = [(list(graph.scores(d)), [d]) for d in fold]  # a row needs its own dataset and measured models
+            for d, e in zip(fold, ek.embed_many(gk, [[d] for d in fold], need=need)):
                 out[d] = e
         cache[key] = [out[d] for d in profiled]
         return cache[key]

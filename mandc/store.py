@@ -159,6 +159,7 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._depth = 0
         self._graph_cache: tuple[str, int, object] | None = None
+        self._hash_cache: tuple[tuple[int, int], str] | None = None  # ((total_changes, data_version), hash)
         try:
             self._con = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
             self._con.execute("PRAGMA foreign_keys = ON")
@@ -483,7 +484,11 @@ class Store:
 
     def content_hash(self) -> str:
         """sha256 over every model, dataset, record and lineage row (not the meta table): equal contents, equal hash.
-        It keys the planner's cache of fitted selectors."""
+        It keys the planner's cache of fitted selectors. Kept until this connection writes a row or another
+        connection commits (``total_changes``, ``PRAGMA data_version``): on 100k records hashing takes seconds."""
+        stamp = (self._con.total_changes, self._con.execute("PRAGMA data_version").fetchone()[0])
+        if self._hash_cache is not None and self._hash_cache[0] == stamp:
+            return self._hash_cache[1]
         h = hashlib.sha256()
         for table, cols in (("models", "ref, features, info"), ("datasets", "ref, vector, family"),
                             ("records", "job_id, record")):
@@ -493,18 +498,21 @@ class Store:
         lineage = self.lineage()
         if lineage:  # the graph has lineage edges (a store without any keeps the hash it had before they existed)
             h.update(b"lineage" + canonical_json(lineage).encode())
-        return h.hexdigest()
+        self._hash_cache = (stamp, h.hexdigest())
+        return self._hash_cache[1]
 
-    def graph(self, k: int = DEFAULT_K):
+    def graph(self, k: int = DEFAULT_K, copy: bool = True):
         """The :class:`~mandc.graph.MatchingGraph` of the store's contents, ``k`` similarity edges per dataset.
 
         Records naming a model or dataset the store has no line for (e.g. user records of a model
-        dropped by a newer reference) are left out with a warning. The graph is cached per content."""
+        dropped by a newer reference) are left out with a warning. The graph is cached per content;
+        ``copy=False`` returns the cached graph itself, for a caller that only reads it (no copy of
+        100k edges per call)."""
         from mandc.graph import MatchingGraph
 
         key = self.content_hash()
         if self._graph_cache is not None and self._graph_cache[:2] == (key, k):
-            return self._graph_cache[2].copy()
+            return self._graph_cache[2].copy() if copy else self._graph_cache[2]
         models, datasets = self.models(), self.datasets()
         if not datasets or not models:
             hint = ("the shipped reference (data/reference/*.jsonl) was not found when it was opened; regenerate "
@@ -524,7 +532,7 @@ class Store:
                           f"(e.g. {job['model']} on {job['dataset']}); left out of the graph", stacklevel=2)
         g = MatchingGraph.from_reference(records, models, datasets, k=k, lineage=self.lineage())
         self._graph_cache = (key, k, g)
-        return g.copy()
+        return g.copy() if copy else g
 
     # ------------------------------------------------------------------ JSON
     def to_json(self) -> dict:

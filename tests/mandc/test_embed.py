@@ -102,3 +102,22 @@ def test_node2vec_walks_follow_edges_and_it_is_transductive(graph):
     g.add_dataset("/new/target", graph.vector(graph.datasets[0]))
     with pytest.raises(KeyError, match="transductive"):
         n2v.embed(g)
+
+
+@pytest.mark.parametrize("local_rows", [1, 60])
+def test_embed_many_on_local_neighbourhoods_equals_the_full_batch(local_rows):
+    """With ``need``, a batch too large for whole-graph copies runs each copy on its needed nodes' 2-hop
+    neighbourhood: the same embeddings (one copy per pass, or several batched per pass)."""
+    g = MatchingGraph.from_reference(*make_reference(n_families=6, per_family=6, n_profiled=3, n_models=8, seed=2), k=2)
+    sage = SageEmbedder(SageConfig(epochs=5)).fit(g, seed=0)
+    hides = [[d] for d in g.profiled] + [[]]
+    need = [(sorted(g.scores(d)), [d]) for d in g.profiled] + [(g.models[:3], g.datasets[-2:])]
+    full = sage.embed_many(g, hides, need=need, local_rows=10**9)
+    local = sage.embed_many(g, hides, need=need, local_rows=local_rows)
+    whole = sage.embed_many(g, hides)
+    for (fm, fd), (lm, ld), (wm, wd), (ms, ds) in zip(full, local, whole, need):
+        assert list(fm) == list(lm) == list(ms) and list(fd) == list(ld) == list(ds)
+        for m in ms:
+            assert np.allclose(fm[m], lm[m], atol=1e-5) and np.array_equal(fm[m], wm[m])
+        for d in ds:
+            assert np.allclose(fd[d], ld[d], atol=1e-5) and np.array_equal(fd[d], wd[d])

@@ -269,3 +269,34 @@ def test_inherited_scores_follow_lineage_and_never_override_a_measurement(ref):
     assert "zoo:child" not in g.inherited_scores(d)
     assert g.inherited_scores(d)["zoo:grandchild"] == g.scores(d)["zoo:child"]
     assert g.inherited_scores(g.profiled[1])["zoo:child"] == g.scores(g.profiled[1])[m0]
+
+
+def test_copies_are_deep_copies_in_the_same_order(graph):
+    """``copy()`` (and so ``without_performance``) equals ``copy.deepcopy``: the same node and adjacency
+    order, equal attributes, nothing shared with the original, one edge dict for both directions."""
+    import copy
+
+    g = graph.copy()
+    g.add_dataset("/new/target", graph.vector(graph.datasets[0]) * 1.01)
+    c, d = g.copy(), copy.deepcopy(g.G)
+    assert list(c.G.nodes) == list(d.nodes) and [list(c.G.adj[n]) for n in c.G] == [list(d.adj[n]) for n in d]
+    assert json.dumps(c.to_json()) == json.dumps(MatchingGraph(d).to_json()) and c.G.graph == d.graph
+    u, v, a = c.edges("perf")[0]
+    assert a is c.G.edges[v, u] and a is not g.G.edges[u, v]
+    next(iter(a["runs"].values()))["loss"] = -1.0
+    c.G.nodes[v]["x"]["log10_params"] = -1.0  # u < v: u is the dataset, v the model
+    assert -1.0 not in [r["loss"] for r in g.G.edges[u, v]["runs"].values()]
+    assert g.G.nodes[v]["x"]["log10_params"] != -1.0 and c.G.nodes[u]["x"] == g.G.nodes[u]["x"]
+
+
+def test_an_overlay_takes_a_new_dataset_like_a_copy_and_leaves_the_graph_alone(graph):
+    before = json.dumps(graph.to_json())
+    vec = graph.vector(graph.datasets[1]) * 0.97
+    o, c = graph.overlay(), graph.copy()
+    o.add_dataset("/new/target", vec)
+    c.add_dataset("/new/target", vec)
+    assert json.dumps(o.to_json()) == json.dumps(c.to_json())
+    assert [list(o.G.adj[n]) for n in o.G] == [list(c.G.adj[n]) for n in c.G]
+    assert json.dumps(graph.to_json()) == before and "/new/target" not in graph.datasets
+    o.G.remove_edges_from([("d:/new/target", n) for n in list(o.G.neighbors("d:/new/target"))])
+    assert json.dumps(graph.to_json()) == before

@@ -169,3 +169,15 @@ def test_the_stores_lineage_edges_reach_the_graph_and_its_hash(tmp_path, referen
         t.import_json(s.export_json(tmp_path / "export.json"))
         assert t.lineage() == s.lineage() and t.content_hash() == s.content_hash()
         assert t.graph(k=3).bases("hub:org/tune@abc") == [base]
+
+
+def test_content_hash_is_recomputed_after_a_write_here_or_by_another_connection(tmp_path, reference):
+    path = tmp_path / "g.sqlite"
+    with Store(path, reference=reference) as s, Store(path) as other:
+        h0 = s.content_hash()
+        assert s.content_hash() == h0 == other.content_hash()
+        s.add_records([record("zoo:unet-s-shapes", "builtin:shapes_triangles", 7, 0.5)])
+        h1 = s.content_hash()
+        assert h1 != h0 and other.content_hash() == h1  # the other connection sees the commit
+        other.add_records([record("zoo:unet-s-shapes", "builtin:shapes_triangles", 8, 0.4)])
+        assert s.content_hash() not in (h0, h1) and s.content_hash() == other.content_hash()
