@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from profiler.mpq.allocate import A_CHOICES, W_CHOICES
-from profiler.mpq.baselines import Sensitivity
+from profiler.mpq.sensitivity import Sensitivity
 from profiler.mpq.capture import CalibrationBatch, LayerInfo
 
 

@@ -300,7 +300,7 @@ def measure_sensitivity(model, batch: CalibrationBatch, profile: ImportanceProfi
                                                    config.sens_samples, config.sens_probes, config.w_choices,
                                                    config.a_choices, config.seed, progress)
     else:
-        from profiler.mpq.baselines import sensitivity_profile
+        from profiler.mpq.sensitivity import sensitivity_profile
 
         profile.sensitivity = sensitivity_profile(model, batch, profile.layers, ts, config.sens_samples,
                                                   config.w_choices, config.a_choices, progress)
