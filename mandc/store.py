@@ -152,6 +152,7 @@ class Store:
 
     def __init__(self, path=None, reference=None):
         self.path = default_path() if path is None else path if str(path) == ":memory:" else Path(path).expanduser()
+        self._imported_from: str | None = None  # the export a ":memory:" store was filled from (import_json)
         if self.path != ":memory:":
             if self.path.is_file() and self.path.stat().st_size == 0:  # SQLite would silently seed it
                 raise StoreError(f"{self.path} is an empty file, not a mandc graph store; delete it to have mandc "
@@ -518,7 +519,8 @@ class Store:
             hint = ("the shipped reference (data/reference/*.jsonl) was not found when it was opened; regenerate "
                     "it with `python -m profiler.reference --out data/reference`" if self.reference_origin is None
                     else "seed it from a reference or import a JSON export")
-            raise StoreError(f"the graph store {self.path} is empty (no {'datasets' if not datasets else 'models'}): "
+            raise StoreError(f"the graph store {self._imported_from or self.path} is empty (no "
+                             f"{'datasets' if not datasets else 'models'}): "
                              f"{hint}")
         known_m, known_d = {m["ref"] for m in models}, {d["ref"] for d in datasets}
         records, orphans = [], []
@@ -580,6 +582,8 @@ class Store:
                 ref = d.get("reference") or {}
                 self._set_meta("reference_origin", ref.get("origin"))
                 self._set_meta("reference_hash", ref.get("hash"))
+            if self.path == ":memory:" and not isinstance(path_or_obj, dict):
+                self._imported_from = where  # what the errors of a throw-away store should name
         except (KeyError, TypeError, AttributeError) as e:
             raise StoreError(f"{where}: malformed store export ({type(e).__name__}: {e})") from None
         except StoreError as e:  # a bad row: say which file it came from
