@@ -298,8 +298,10 @@ def make_plan(planner, dataset, memory="8GiB", device: str = "cuda", goal: str =
     model, skipped = _first_feasible(ranked, goal, steps, token, budget, device, overrides, say)
     say(f"plan: {model} is the best-ranked candidate that fits; estimating the memory of every method on it")
 
+    from profiler.mpq.allocators import DEFAULT_ALLOCATOR
+
     memory, configs = estimate_methods(model, goal, steps, token, budget, device, overrides)
-    plans: dict = {}   # one MPQ-Diff profile of the model serves every average (and both plan-taking methods)
+    plans: dict = {}   # one bit-allocation profile of the model serves every average (and both plan-taking methods)
     while True:
         chosen, reasons, fallback = choose_method(memory, budget, goal)  # NothingFitsError when none is left
         cfg = configs[chosen]
@@ -307,7 +309,8 @@ def make_plan(planner, dataset, memory="8GiB", device: str = "cuda", goal: str =
             bitplan = None
             break
         top = memory[chosen]["bits"] or max(BIT_CHOICES)
-        say(f"plan: allocating per-layer bits for {chosen} with MPQ-Diff (at most {top} average weight bits)")
+        say(f"plan: allocating per-layer bits for {chosen} with the {DEFAULT_ALLOCATOR} allocator (at most {top} "
+            f"average weight bits)")
         bitplan, memory[chosen] = _bitplan_that_fits(model, ds, chosen, cfg, memory[chosen], top, budget, device,
                                                      plans, say)
         if bitplan is not None:
@@ -316,7 +319,7 @@ def make_plan(planner, dataset, memory="8GiB", device: str = "cuda", goal: str =
             # the reasons again, so they quote the estimate with the plan (the row the report shows)
             _, reasons, fallback = choose_method(memory, budget, goal)  # same choice: the row still fits
             break
-        say(f"plan: no MPQ-Diff plan lets {chosen} fit; choosing again")
+        say(f"plan: no bit plan lets {chosen} fit; choosing again")
     top = next(c for c in ranked if c["model"] == model)
     if not skipped:
         reasons.insert(0, f"model {model}: ranked first of {len(entries)} candidate(s) by the matching graph "
