@@ -1,10 +1,8 @@
 """The allocator registry, the combined allocator and its gradient-estimated sensitivity (tiny seeded models)."""
 import numpy as np
 import pytest
-import torch
 from scipy.stats import spearmanr
 
-from data import load_dataset
 from profiler.mpq import Budget, MPQConfig, calibration_batch, profile_bits, profile_importance
 from profiler.mpq.allocate import allocate, plan_bops, plan_weight_bytes
 from profiler.mpq.allocators import (ALLOCATORS, DEFAULT_ALLOCATOR, Allocator, combined_values, get_allocator,
@@ -13,19 +11,6 @@ from profiler.mpq.baselines import Sensitivity, sensitivity_profile
 from profiler.mpq.capture import LayerInfo
 from profiler.mpq.gradient_sensitivity import gradient_sensitivity
 from profiler.mpq.profile import measure_sensitivity, plan_from_profile, sensitivity_timesteps
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return load_dataset("builtin:gradients_linear")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from data import load_dataset
 from finetune.model import T2IModel
 from finetune.quant import QuantLayer, load_quantized_, mark_only_scales_trainable_, scale_parameters
 from finetune.zoo.builder import new_pipeline
@@ -15,19 +14,6 @@ from profiler.mpq import (Budget, InfeasibleBudgetError, MPQConfig, calibration_
                           profile_bits, profile_importance, quantized_copy, run_quantize)
 from profiler.mpq.baselines import baseline_plan, sensitivity_profile
 from profiler.mpq.profile import plan_from_profile, with_denoiser
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors; avoids OpenMP spin-waits on a shared CPU
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return load_dataset("builtin:gradients_linear")
 
 
 @pytest.fixture(scope="module")
