@@ -351,6 +351,13 @@ def recommend_cmd(
     top_k: int = typer.Option(3, "--top-k", min=1, help="How many models to show."),
     probe: bool = typer.Option(False, "--probe", help="Also score each locally available model's zero-shot loss on "
                                "the dataset (forward passes only) and predict with it."),
+    probe_budget: Optional[int] = typer.Option(None, "--probe-budget", min=1, metavar="STEPS",
+                                               help="Spend up to STEPS fine-tuning steps (all probe runs together) on "
+                                               "the graph's top models by successive halving, and re-rank them by "
+                                               "held-out loss; the runs are kept in the store as probe records."),
+    probe_models: int = typer.Option(4, "--probe-models", min=2, help="How many of the top models the budgeted "
+                                     "probe short-lists."),
+    device: Optional[str] = typer.Option(None, "--device", help="Where probe runs train (default: CUDA if available)."),
     as_json: bool = typer.Option(False, "--json", help="Print the Recommendation as JSON (every candidate)."),
 ) -> None:
     """Rank the candidate models for a dataset with the M&C matching graph (higher score is better)."""
@@ -358,8 +365,13 @@ def recommend_cmd(
     from mandc.store import StoreError
 
     try:
-        with console.status(f"ranking models for {dataset}"):
-            rec = Planner(graph).recommend(dataset, top_k=top_k, probe=probe)
+        with console.status(f"ranking models for {dataset}") as status:
+            def log(line: str) -> None:  # one line per probe job, above the spinner
+                console.print(line, highlight=False, soft_wrap=True)
+                status.update(line)
+
+            rec = Planner(graph).recommend(dataset, top_k=top_k, probe=probe, probe_budget=probe_budget,
+                                           probe_models=probe_models, device=device, log=log)
     except (StoreError, ValueError, KeyError) as e:  # data.DatasetError is a ValueError (importing data costs torch)
         _fail(str(e))
     if as_json:

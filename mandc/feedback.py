@@ -84,7 +84,8 @@ def feed(target, records) -> int:
     store = target if isinstance(target, Store) else None
     known_models = {m["ref"] for m in store.models()} if store is not None else set(target.models)
     known_data = {d["ref"] for d in store.datasets()} if store is not None else set(target.datasets)
-    ok = [r for r in recs if r.get("status") == "ok"]
+    # nodes only for what becomes a performance edge: a probe record (mandc.probing) is kept as history
+    ok = [r for r in recs if r.get("status") == "ok" and r.get("purpose", "profile") == "profile"]
     for model in dict.fromkeys(r["job"]["model"] for r in ok if r["job"]["model"] not in known_models):
         from profiler.modelinfo import describe_model
 

@@ -217,12 +217,12 @@ class MatchingGraph:
             self.G.add_edge(node, _dref(others[j]), kind="sim", weight=float(sim[others[j]]))
 
     def add_records(self, records: Iterable[dict]) -> None:
-        """Add ProfileRecords as perf edges (status ``"ok"`` only; a ``job_id`` already present is
+        """Add ProfileRecords as perf edges (status ``"ok"`` and purpose ``"profile"`` only; a ``job_id`` already present is
         replaced, so adding the same records twice changes nothing). Re-normalises the datasets touched.
         Raises ``ValueError`` naming a record whose model or dataset is not a node of the graph."""
         touched = set()
         for r in records:
-            if r.get("status") != "ok":
+            if r.get("status") != "ok" or r.get("purpose", "profile") != "profile":  # probes: mandc.probing
                 continue
             job, metrics = r.get("job") or {}, r.get("metrics") or {}
             model, dataset = job.get("model"), job.get("dataset")

@@ -75,6 +75,7 @@ class RankedModel:
     mixture: dict[str, float] = field(default_factory=dict)
     description: str | None = None       # the model card's description (free text from the card: escape it)
     interval: list[float] | None = None  # [low, high] = score ∓ margin/2 (Selector.contenders); predicted only
+    probe_runs: dict[str, float] = field(default_factory=dict)  # budgeted probe: {"STEPS": held-out loss}
 
     @property
     def why(self) -> str:
@@ -92,6 +93,9 @@ class RankedModel:
             parts.insert(0, f"measured loss {self.measured_loss:.4f}")
         if self.probe_loss is not None:
             parts.insert(0, f"zero-shot loss {self.probe_loss:.4f}")
+        if self.probe_runs:
+            steps = max(self.probe_runs, key=int)
+            parts.insert(0, f"probe loss {self.probe_runs[steps]:.4f} after {steps} steps")
         return "; ".join(parts)
 
 
@@ -100,8 +104,9 @@ class Recommendation:
     """Candidate models for one dataset, best first (``entries`` holds every candidate; ``top_k`` is how
     many the caller asked for, what :meth:`leaderboard` and :meth:`to_markdown` show by default).
 
-    ``source``: ``"predicted"`` (the selector) or ``"measured"`` (the target was profiled with every
-    candidate). ``nearest``: the target's nearest profiled datasets ``[{"dataset", "similarity",
+    ``source``: ``"predicted"`` (the selector), ``"probed"`` (the selector's top models re-ordered by a
+    budgeted probe, ``probe_budget``: :mod:`mandc.probing`) or ``"measured"`` (the target was profiled with
+    every candidate). ``nearest``: the target's nearest profiled datasets ``[{"dataset", "similarity",
     "winner", "family"}]``. ``notes``: plain sentences worth showing (profiled target, skipped probes...).
     """
 
@@ -118,6 +123,7 @@ class Recommendation:
     cached: bool = False                           # the prediction or the fitted selector came from a cache
     seconds: float = 0.0
     contenders: list[str] = field(default_factory=list)  # models whose interval overlaps the top pick's
+    probe_budget: dict = field(default_factory=dict)     # {"budget", "k", "rounds", "steps", "jobs", "reused", ...}
 
     @property
     def best(self) -> str:
@@ -129,9 +135,9 @@ class Recommendation:
         return self.entries[: self.top_k]
 
     def leaderboard(self, full: bool = False):
-        """A pandas DataFrame, one row per model sorted by ``score`` (higher is better): ``rank``,
-        ``model``, ``score``, ``measured_loss``/``probe_loss`` when present, and ``why``; the top ``top_k``
-        rows unless ``full``."""
+        """A pandas DataFrame, one row per model in rank order (by ``score``, higher is better, unless a budgeted
+        probe re-ordered them): ``rank``, ``model``, ``score``, ``measured_loss``/``probe_loss``/``probe_s<STEPS>``
+        when present, and ``why``; the top ``top_k`` rows unless ``full``."""
         import pandas as pd
 
         rows = []
@@ -143,9 +149,11 @@ class Recommendation:
                 row["measured_loss"] = e.measured_loss
             if self.probe:
                 row["probe_loss"] = e.probe_loss
+            for steps in sorted({st for x in self.entries for st in x.probe_runs}, key=int):
+                row[f"probe_s{steps}"] = e.probe_runs.get(steps)
             row["why"] = e.why
             rows.append(row)
-        return pd.DataFrame(rows).sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+        return pd.DataFrame(rows).sort_values("rank", kind="stable").reset_index(drop=True)
 
     def to_json(self) -> dict:
         """Plain JSON (``why`` included for readers that do not run Python)."""
@@ -165,7 +173,7 @@ class Recommendation:
 
     def to_markdown(self, full: bool = False) -> str:
         """A Markdown section: the table (rank, model, score, why), the nearest datasets and the notes."""
-        how = "measured" if self.source == "measured" else "predicted"
+        how = {"measured": "measured", "probed": "predicted, then probed"}.get(self.source, "predicted")
         lines = [f"### Recommended models for `{self.dataset}` ({how})", "",
                  "| rank | model | score | why |", "|---:|---|---:|---|"]
         for e in self.entries if full else self.top:
@@ -183,6 +191,8 @@ def recommendation_table(rec: Recommendation, full: bool = False):
     from rich.table import Table
 
     how = "measured" if rec.source == "measured" else "predicted" + (" with the zero-shot probe" if rec.probe else "")
+    if rec.source == "probed":
+        how += f", then re-ranked by a {rec.probe_budget.get('budget')}-step budgeted probe"
     t = Table(title=f"models for {rec.dataset} ({how}; higher score is better)", title_justify="left")
     t.add_column("rank", justify="right", no_wrap=True)
     t.add_column("model", no_wrap=True)
@@ -202,7 +212,7 @@ def contenders_note(contenders: list[str], fitted: dict) -> str:
     return (f"the top {len(contenders)} overlap ({names}): their scores differ by less than the margin the "
             f"selector's cross-validation calibrated (the measured winner fell within it on "
             f"{fitted.get('margin_coverage', 0.9):.0%} of held-out datasets); probe these "
-            f"{len(contenders)} (--probe, or a short fine-tune of each) before committing GPU hours")
+            f"{len(contenders)} (--probe, or --probe-budget STEPS: a short fine-tune of each) before committing GPU hours")
 
 
 def _fitted_note(fitted: dict, profiled: int) -> str:
@@ -376,12 +386,28 @@ class Planner:
         return ref, ds, True, {**info, "vector": vec, "features_cached": False}
 
     # ------------------------------------------------------------------ recommending
-    def recommend(self, dataset, top_k: int = 3, probe: bool = False) -> Recommendation:
+    def recommend(self, dataset, top_k: int = 3, probe: bool = False, probe_budget: int | None = None,
+                  probe_models: int | None = None, device: str | None = None, log=None) -> Recommendation:
         """Rank every candidate model of the graph for ``dataset`` (``builtin:NAME``, a folder in the
-        imagefolder layout, or a :class:`~data.SplitDataset`); see the module docstring."""
+        imagefolder layout, or a :class:`~data.SplitDataset`); see the module docstring.
+
+        ``probe_budget``: training steps to spend on a budgeted probe (:mod:`mandc.probing`): the first
+        ``probe_models`` (default 4) locally available models of the predicted ranking are fine-tuned on the
+        dataset by successive halving and re-ordered by their held-out loss; the runs are kept in the store
+        as probe records (``device``: where they train, default CUDA when available; ``log``: one line per
+        job). It needs a dataset reference (``builtin:NAME`` or a folder), not a loaded dataset."""
         t0 = time.perf_counter()
         if not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+        if probe_budget is not None:
+            if isinstance(probe_budget, bool) or not isinstance(probe_budget, int) or probe_budget < 1:
+                raise ValueError(f"probe_budget must be a positive number of training steps, got {probe_budget!r}")
+            if not isinstance(dataset, (str, os.PathLike)):
+                raise ValueError("probe_budget runs profiling jobs, which need a dataset reference (builtin:NAME "
+                                 "or a folder), not a loaded dataset")
+        if probe_models is not None and (isinstance(probe_models, bool) or not isinstance(probe_models, int)
+                                         or probe_models < 2):
+            raise ValueError(f"probe_models must be an integer ≥ 2 (models to compare), got {probe_models!r}")
         # read only: the store's cached graph itself, and an overlay of it that takes the target
         base = self.store.graph(self.k, copy=False) if self.store is not None else self._graph
         graph = base.overlay()
@@ -435,13 +461,19 @@ class Planner:
 
         entries = self._entries(graph, ref, models, scores, measured_raw, probe_losses)
         first = next(iter(cfg_dict.get("fitted", {}).values()), {}) if source == "predicted" else {}
+        probed: dict = {}
+        if probe_budget is not None and source == "predicted":
+            entries, probed = self._budgeted_probe(ref, entries, probe_budget, probe_models, device, log, notes)
+            source = "probed" if probed.get("jobs") else source
+        elif probe_budget is not None:
+            notes.append("the budgeted probe is not needed for a profiled dataset and was not run")
         contenders = []
         if first.get("margin") is not None and entries:
             margin = float(first["margin"])
             for e in entries:
                 e.interval = [round(e.score - margin / 2, 6), round(e.score + margin / 2, 6)]
             contenders = [e.model for e in entries if e.score >= entries[0].score - margin]
-            if len(contenders) > 1:
+            if len(contenders) > 1 and not probed.get("jobs"):
                 notes.append(contenders_note(contenders, first))
         nearest = [{"dataset": d, "similarity": round(s, 4), "winner": graph.winner(d), "family": graph.family(d)}
                    for d, s in graph.nearest(ref, n=NEAREST)]
@@ -450,7 +482,57 @@ class Planner:
             probe=probe, probe_skipped=skipped,
             graph={"models": len(models), "datasets": len(base.datasets), "profiled": len(base.profiled),
                    "key": self._graph_key()},
-            selector=cfg_dict, cached=cached, seconds=round(time.perf_counter() - t0, 3), contenders=contenders)
+            selector=cfg_dict, cached=cached, seconds=round(time.perf_counter() - t0, 3), contenders=contenders,
+            probe_budget=probed)
+
+    def _budgeted_probe(self, ref: str, entries: list[RankedModel], budget: int, k: int | None, device, log,
+                        notes: list[str]) -> tuple[list[RankedModel], dict]:
+        """Successive halving over the first ``k`` available entries; the entries re-ordered (ranks renumbered)
+        and the probe's summary for :attr:`Recommendation.probe_budget`."""
+        from mandc.probing import PROBE_MODELS, JobProbe, halving_rounds, rounds_cost, successive_halving
+
+        k = k or PROBE_MODELS
+        skipped, short = {}, []
+        for e in entries:
+            if len(short) == k:
+                break
+            why = unavailable_reason(e.model)
+            if why is None:
+                short.append(e.model)
+            else:
+                skipped[e.model] = why
+        rounds = halving_rounds(len(short), budget)
+        summary = {"budget": budget, "k": len(short), "rounds": [list(r) for r in rounds], "skipped": skipped}
+        if skipped:
+            notes.append(f"budgeted probe: skipped {len(skipped)} model(s) not available locally: "
+                         + ", ".join(f"{m} ({why})" for m, why in skipped.items()))
+        if not rounds:
+            notes.append(f"budgeted probe: {budget} steps cannot give two of the {len(short)} available top models "
+                         f"5 steps each; nothing was probed (raise --probe-budget)")
+            return entries, {**summary, "jobs": 0}
+        measure = JobProbe(ref, store=self.store, device=device, log=log)
+        out = successive_halving(short, budget, measure, k=len(short))
+        by_model = {e.model: e for e in entries}
+        order = out.order + [e.model for e in entries if e.model not in out.order]
+        new_entries = []
+        for rank, m in enumerate(order, 1):
+            e = dataclasses.replace(by_model[m], rank=rank)
+            e.probe_runs = {str(st): round(v, 6) for st, v in sorted(out.losses.get(m, {}).items())}
+            new_entries.append(e)
+        plan = ", then ".join(f"{n} × {st} steps" for n, st in rounds)
+        reused = len(measure.records) - measure.new
+        notes.insert(0, f"budgeted probe ({budget} steps): {plan} = {rounds_cost(rounds)} training steps in "
+                        f"{len(measure.records)} job(s), {reused} reused from the store; best after probing: "
+                        f"{order[0]}" + ("" if order[0] == entries[0].model else
+                                         f" (the graph's first pick was {entries[0].model})"))
+        if measure.errors:
+            notes.append("budgeted probe: failed for " + ", ".join(f"{m} ({e})" for m, e in measure.errors.items()))
+        if self.store is None:
+            notes.append("budgeted probe: the graph is not a store, so the probe records were not kept")
+        summary.update(steps=out.steps, jobs=len(measure.records), reused=reused, errors=measure.errors,
+                       losses={m: {str(st): v for st, v in d.items()} for m, d in out.losses.items()},
+                       order=out.order)
+        return new_entries, summary
 
     def _entries(self, graph, ref, models, scores, measured_raw, probe_losses) -> list[RankedModel]:
         near = graph.nearest(ref, n=NEAREST)
@@ -497,6 +579,22 @@ class Planner:
 
 
 # ------------------------------------------------------------------------------------------ helpers
+def unavailable_reason(model: str) -> str | None:
+    """Why ``model`` cannot be probed here (nothing is built or downloaded for a probe), or None."""
+    from finetune import zoo
+    from finetune.refs import ModelRefError, parse_model_ref
+
+    try:
+        r = parse_model_ref(model)
+    except ModelRefError as e:
+        return str(e).split(";")[0]
+    if r.kind == "zoo" and not zoo.is_built(r.value):
+        return f"not built (mandc zoo build {r.value})"
+    if r.kind == "hub":
+        return "a Hub model (the probe never downloads)"
+    return None
+
+
 def probe_models(models: list[str], ds) -> tuple[dict[str, float], dict[str, str]]:
     """Zero-shot held-out loss of every locally available candidate on ``ds`` (forward passes only).
 
@@ -504,23 +602,14 @@ def probe_models(models: list[str], ds) -> tuple[dict[str, float], dict[str, str
     model that is not built, a Hub id: nothing is built or downloaded for a probe)."""
     import torch
 
-    from finetune import zoo
     from finetune.metrics import heldout_loss
     from finetune.load import load_model
-    from finetune.refs import ModelRefError, parse_model_ref
 
     losses, skipped = {}, {}
     for m in models:
-        try:
-            r = parse_model_ref(m)
-        except ModelRefError as e:
-            skipped[m] = str(e).split(";")[0]
-            continue
-        if r.kind == "zoo" and not zoo.is_built(r.value):
-            skipped[m] = f"not built (mandc zoo build {r.value})"
-            continue
-        if r.kind == "hub":
-            skipped[m] = "a Hub model (the probe never downloads)"
+        why = unavailable_reason(m)
+        if why is not None:
+            skipped[m] = why
             continue
         with torch.no_grad():
             model = load_model(m)

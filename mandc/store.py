@@ -484,7 +484,8 @@ class Store:
                 "profiled": c("SELECT COUNT(DISTINCT dataset) FROM records WHERE status = 'ok'")}
 
     def content_hash(self) -> str:
-        """sha256 over every model, dataset, record and lineage row (not the meta table): equal contents, equal hash.
+        """sha256 over every model, dataset, record and lineage row (not the meta table, not probe records: they
+        are not part of the graph): equal contents, equal hash.
         It keys the planner's cache of fitted selectors. Kept until this connection writes a row or another
         connection commits (``total_changes``, ``PRAGMA data_version``): on 100k records hashing takes seconds."""
         stamp = (self._con.total_changes, self._con.execute("PRAGMA data_version").fetchone()[0])
@@ -494,7 +495,9 @@ class Store:
         for table, cols in (("models", "ref, features, info"), ("datasets", "ref, vector, family"),
                             ("records", "job_id, record")):
             h.update(table.encode())
-            for row in self._con.execute(f"SELECT {cols} FROM {table} ORDER BY {cols.split(',')[0]}"):
+            # probe records (mandc.probing) never enter the graph, so they do not change what it keys
+            where = " WHERE coalesce(json_extract(record, '$.purpose'), 'profile') = 'profile'" if table == "records" else ""
+            for row in self._con.execute(f"SELECT {cols} FROM {table}{where} ORDER BY {cols.split(',')[0]}"):
                 h.update(canonical_json(list(row)).encode())
         lineage = self.lineage()
         if lineage:  # the graph has lineage edges (a store without any keeps the hash it had before they existed)
@@ -525,6 +528,8 @@ class Store:
         known_m, known_d = {m["ref"] for m in models}, {d["ref"] for d in datasets}
         records, orphans = [], []
         for r in self.records():
+            if r.get("purpose", "profile") != "profile":  # probe records are history, not performance edges
+                continue
             (records if r["job"]["model"] in known_m and r["job"]["dataset"] in known_d else orphans).append(r)
         if orphans:
             import warnings

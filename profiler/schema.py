@@ -30,6 +30,10 @@ from pathlib import Path
 from data.io import canonical_json  # what ProfileJob.job_id hashes
 
 STATUSES = ("ok", "failed", "did_not_fit")
+#: why a job was run: ``"profile"`` (a measurement at the budget it names: a performance edge of the graph)
+#: or ``"probe"`` (a short fine-tune that chooses between candidates, ``mandc.probing``: kept as history,
+#: never a performance edge, since its loss is on another budget's scale)
+PURPOSES = ("profile", "probe")
 
 
 @dataclass
@@ -118,10 +122,13 @@ class ProfileRecord:
     versions: dict[str, str] = field(default_factory=dict)
     host: str = ""
     finished_at: str = ""
+    purpose: str = "profile"
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"ProfileRecord.status must be one of {STATUSES}, got {self.status!r}")
+        if self.purpose not in PURPOSES:
+            raise ValueError(f"ProfileRecord.purpose must be one of {PURPOSES}, got {self.purpose!r}")
 
     @property
     def ok(self) -> bool:
@@ -134,6 +141,8 @@ class ProfileRecord:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["job"] = self.job.to_dict()
+        if d["purpose"] == "profile":  # the default is left out: records written before the field are unchanged
+            del d["purpose"]
         return d
 
     @classmethod
@@ -185,5 +194,5 @@ def light_versions() -> dict[str, str]:
     return out
 
 
-__all__ = ["STATUSES", "ProfileJob", "ProfileRecord", "canonical_json", "describe_error", "hostname", "light_versions",
+__all__ = ["PURPOSES", "STATUSES", "ProfileJob", "ProfileRecord", "canonical_json", "describe_error", "hostname", "light_versions",
            "utc_now"]

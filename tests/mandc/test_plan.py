@@ -317,3 +317,54 @@ def test_finetune_feedback_adds_a_record(store_path, world, tmp_path):
     assert len(recs) == 1 and recs[0]["job"]["method"] == "lora" and recs[0]["job"]["model"] == world["models"][0]
     rec = Planner(store_path).recommend("builtin:digits_inverted")
     assert rec.entries and any(e.measured_loss is not None for e in rec.entries)
+
+
+def test_budgeted_probe_on_a_folder_reranks_keeps_probe_records_and_reuses_them(store_path, world, tmp_path):
+    """`recommend --probe-budget`: successive halving over the graph's top models on a folder of images; the
+    runs become probe records in the store, which leave the graph (and its cache key) alone and answer a repeat."""
+    from data import load_builtin, write_imagefolder
+
+    folder = write_imagefolder(load_builtin("shapes_polygons", n=10), tmp_path / "my shapes")
+    store = Store(store_path)
+    key = store.content_hash()
+    lines: list[str] = []
+    rec = Planner(store_path).recommend(str(folder), probe_budget=10, probe_models=2, device="cpu", log=lines.append)
+    pb = rec.probe_budget
+    assert rec.source == "probed" and pb["rounds"] == [[2, 5]] and pb["steps"] == 10
+    assert pb["jobs"] == 2 and pb["reused"] == 0 and sum("fine-tuning" in x for x in lines) == 2
+    losses = {e.model: e.probe_runs["5"] for e in rec.entries}
+    assert set(losses) == set(world["models"])
+    assert rec.best == min(losses, key=losses.get) and [e.rank for e in rec.entries] == [1, 2]
+    assert rec.notes[0].startswith("budgeted probe (10 steps): 2 × 5 steps")
+    assert list(rec.leaderboard()["model"]) == [e.model for e in rec.top] and "probe_s5" in rec.leaderboard()
+
+    ref = str(folder.resolve())
+    probes = Store(store_path).records(dataset=ref)
+    assert len(probes) == 2 and all(r["purpose"] == "probe" and r["status"] == "ok" for r in probes)
+    assert {r["job"]["config"]["steps"] for r in probes} == {5} and {r["job"]["seed"] for r in probes} == {2}
+    assert sorted(round(r["metrics"]["heldout_loss"], 6) for r in probes) == sorted(losses.values())
+    # history, not performance: the graph and the key of every cache are as before
+    assert Store(store_path).content_hash() == key and ref not in Store(store_path).graph().datasets
+
+    res = CliRunner().invoke(_app(), ["recommend", str(folder), "--graph", str(store_path), "--probe-budget", "10",
+                                      "--probe-models", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    again = json.loads(res.stdout)
+    assert again["source"] == "probed" and again["probe_budget"]["reused"] == 2 and again["best"] == rec.best
+    assert "2 reused from the store" in again["notes"][0]
+
+
+def test_budgeted_probe_refuses_bad_budgets_and_loaded_datasets(store_path):
+    from data import load_builtin
+
+    planner = Planner(store_path)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="probe_budget must be a positive number of training steps"):
+            planner.recommend(TARGET, probe_budget=bad)
+    with pytest.raises(ValueError, match="probe_models must be an integer ≥ 2"):
+        planner.recommend(TARGET, probe_budget=10, probe_models=1)
+    with pytest.raises(ValueError, match="need a dataset reference"):
+        planner.recommend(load_builtin("shapes_polygons", n=4), probe_budget=10)
+    rec = planner.recommend(TARGET, probe_budget=4, probe_models=2)  # cannot give two models 5 steps each
+    assert rec.source == "predicted" and rec.probe_budget["jobs"] == 0
+    assert any("nothing was probed" in n for n in rec.notes)
