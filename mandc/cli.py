@@ -355,7 +355,7 @@ def recommend_cmd(
                                                help="Spend up to STEPS fine-tuning steps (all probe runs together) on "
                                                "the graph's top models by successive halving, and re-rank them by "
                                                "held-out loss; the runs are kept in the store as probe records."),
-    probe_models: int = typer.Option(4, "--probe-models", min=2, help="How many of the top models the budgeted "
+    probe_top: int = typer.Option(4, "--probe-top", min=2, help="How many of the top models the budgeted "
                                      "probe short-lists."),
     device: Optional[str] = typer.Option(None, "--device", help="Where probe runs train (default: CUDA if available)."),
     as_json: bool = typer.Option(False, "--json", help="Print the Recommendation as JSON (every candidate)."),
@@ -371,7 +371,7 @@ def recommend_cmd(
                 status.update(line)
 
             rec = Planner(graph).recommend(dataset, top_k=top_k, probe=probe, probe_budget=probe_budget,
-                                           probe_models=probe_models, device=device, log=log)
+                                           probe_top=probe_top, device=device, log=log)
     except (StoreError, ValueError, KeyError) as e:  # data.DatasetError is a ValueError (importing data costs torch)
         _fail(str(e))
     if as_json:
@@ -566,6 +566,10 @@ def plan_cmd(
     license_: Optional[list[str]] = typer.Option(None, "--license", help="With --crawl: only models under this "
                                                  "license (repeatable or a comma list), e.g. mit,apache-2.0."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Fine-tuning steps (default: the method's recipe)."),
+    probe_budget: Optional[int] = typer.Option(None, "--probe-budget", min=1, metavar="STEPS",
+                                               help="Choose the model by a budgeted probe: up to STEPS fine-tuning "
+                                               "steps (on this machine) over the best-ranked candidates that fit."),
+    probe_top: int = typer.Option(4, "--probe-top", min=2, help="Candidates the budgeted probe short-lists."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="A method option as KEY=VALUE for every method that "
                                              "has it, e.g. lr=1e-4 (repeatable; see `mandc methods`)."),
     graph: Optional[Path] = typer.Option(None, "--graph", help="Matching-graph store (default: $MANDC_HOME/graph.sqlite)."),
@@ -584,7 +588,8 @@ def plan_cmd(
     try:
         plan = Planner(graph).plan(dataset, memory=memory, device=device, goal=goal, candidates=candidates,
                                    steps=steps, token=token, overrides=_parse_plan_sets(set_), log=_stage,
-                                   crawl=crawl, max_params=max_params, licenses=license_)
+                                   crawl=crawl, max_params=max_params, licenses=license_,
+                                   probe_budget=probe_budget, probe_top=probe_top)
     except (PlanError, StoreError, ValueError, KeyError, FileNotFoundError) as e:  # DatasetError, ModelRefError
         _fail(str(e))
     out_dir.mkdir(parents=True, exist_ok=True)

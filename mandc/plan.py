@@ -235,13 +235,15 @@ class Plan:
 def make_plan(planner, dataset, memory="8GiB", device: str = "cuda", goal: str = "domain", candidates=None,
               steps: int | None = None, token: str | None = None, overrides: dict | None = None,
               log: Callable[[str], None] | None = None, crawl: bool = False, max_params=None,
-              licenses=None) -> Plan:
+              licenses=None, probe_budget: int | None = None, probe_top: int | None = None) -> Plan:
     """See the module docstring. ``token``: the subject's placeholder word (goal ``subject``); ``overrides``:
     method options for every method that has them (e.g. ``{"lr": 1e-4}``), validated by each method's config.
     ``candidates``: model refs of the graph (``hub:org/name`` without a revision names its crawled node);
     ``crawl``: the candidates are the store's crawled Hub models, filtered by ``max_params`` (total parameters
     from the headers, e.g. ``1e9`` or ``"800M"``) and ``licenses`` (a list or a comma list), see
-    :func:`mandc.hub.select.crawled_candidates`."""
+    :func:`mandc.hub.select.crawled_candidates`. ``probe_budget``: training steps of a budgeted probe
+    (:meth:`~mandc.planner.Planner.budgeted_probe`) over the first ``probe_top`` candidates that fit, whose
+    winner becomes the plan's model (the probe runs on this machine: CUDA when available, else CPU)."""
     t0 = time.perf_counter()
     say = log or (lambda s: None)
     budget = parse_memory(memory)
@@ -251,6 +253,12 @@ def make_plan(planner, dataset, memory="8GiB", device: str = "cuda", goal: str =
         raise PlanError(f"device must be 'cuda' or 'cpu', got {device!r}")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise PlanError(f"steps must be a positive integer, got {steps!r}")
+    if probe_budget is not None and (isinstance(probe_budget, bool) or not isinstance(probe_budget, int)
+                                     or probe_budget < 1):
+        raise PlanError(f"probe_budget must be a positive number of training steps, got {probe_budget!r}")
+    if probe_budget is not None and not isinstance(dataset, (str, os.PathLike)):
+        raise PlanError("probe_budget runs profiling jobs, which need a dataset reference (builtin:NAME or a "
+                        "folder), not a loaded dataset")
     from finetune.methods import METHODS
 
     unknown = sorted(k for k in overrides or {} if not any(k in _options(m) for m in METHODS))
@@ -296,6 +304,18 @@ def make_plan(planner, dataset, memory="8GiB", device: str = "cuda", goal: str =
     _annotate(planner, ranked)
     say(f"plan: estimating the memory of {len(ranked)} candidate(s) from their configs and headers")
     model, skipped = _first_feasible(ranked, goal, steps, token, budget, device, overrides, say)
+    probed = None
+    if probe_budget is not None:
+        fits = [c["model"] for c in ranked if c.get("feasible")]  # an unbuilt zoo model is not probed anyway
+        say(f"plan: budgeted probe of {probe_budget} steps over the best-ranked candidates that fit")
+        summary, outcome, probe_notes = planner.budgeted_probe(ref, fits, probe_budget, probe_top, log=say)
+        rec.notes[:0] = probe_notes
+        rec.probe_budget = summary
+        if outcome is not None and outcome.best is not None:
+            probed = outcome
+            if outcome.best != model:
+                skipped = [f"{model} and the others fit but lost the budgeted probe to {outcome.best}"]
+                model = outcome.best
     say(f"plan: {model} is the best-ranked candidate that fits; estimating the memory of every method on it")
 
     from profiler.mpq.allocators import DEFAULT_ALLOCATOR
@@ -321,7 +341,13 @@ def make_plan(planner, dataset, memory="8GiB", device: str = "cuda", goal: str =
             break
         say(f"plan: no bit plan lets {chosen} fit; choosing again")
     top = next(c for c in ranked if c["model"] == model)
-    if not skipped:
+    if probed is not None:
+        losses = {m: v[max(v)] for m, v in probed.losses.items() if v}
+        reasons.insert(0, f"model {model}: won a budgeted probe of {probe_budget} training steps over "
+                          f"{', '.join(probed.order[:len(losses)])} (held-out loss "
+                          + ", ".join(f"{losses[m]:.4f}" for m in probed.order[:len(losses)])
+                          + f"; ranked {top['rank']} of {len(entries)} by the matching graph, {rec.source})")
+    elif not skipped:
         reasons.insert(0, f"model {model}: ranked first of {len(entries)} candidate(s) by the matching graph "
                           f"({rec.source}; {top['why'] or 'no evidence'})")
     else:
@@ -338,7 +364,7 @@ def make_plan(planner, dataset, memory="8GiB", device: str = "cuda", goal: str =
         budget_bytes=budget, reasons=reasons, device=device, goal=goal, fallback=fallback,
         predicted_score=float(top["score"]),
         recommendation={"source": rec.source, "nearest": rec.nearest, "notes": rec.notes, "selector": rec.selector,
-                        "graph": rec.graph, "contenders": rec.contenders},
+                        "graph": rec.graph, "contenders": rec.contenders, "probe_budget": rec.probe_budget},
         graph=planner.graph_source, created_at=_now(), seconds=round(time.perf_counter() - t0, 2))
     say(f"plan: {chosen} on {model} ({time.perf_counter() - t0:.1f}s)")
     return plan

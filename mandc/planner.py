@@ -387,12 +387,12 @@ class Planner:
 
     # ------------------------------------------------------------------ recommending
     def recommend(self, dataset, top_k: int = 3, probe: bool = False, probe_budget: int | None = None,
-                  probe_models: int | None = None, device: str | None = None, log=None) -> Recommendation:
+                  probe_top: int | None = None, device: str | None = None, log=None) -> Recommendation:
         """Rank every candidate model of the graph for ``dataset`` (``builtin:NAME``, a folder in the
         imagefolder layout, or a :class:`~data.SplitDataset`); see the module docstring.
 
         ``probe_budget``: training steps to spend on a budgeted probe (:mod:`mandc.probing`): the first
-        ``probe_models`` (default 4) locally available models of the predicted ranking are fine-tuned on the
+        ``probe_top`` (default 4) locally available models of the predicted ranking are fine-tuned on the
         dataset by successive halving and re-ordered by their held-out loss; the runs are kept in the store
         as probe records (``device``: where they train, default CUDA when available; ``log``: one line per
         job). It needs a dataset reference (``builtin:NAME`` or a folder), not a loaded dataset."""
@@ -405,9 +405,9 @@ class Planner:
             if not isinstance(dataset, (str, os.PathLike)):
                 raise ValueError("probe_budget runs profiling jobs, which need a dataset reference (builtin:NAME "
                                  "or a folder), not a loaded dataset")
-        if probe_models is not None and (isinstance(probe_models, bool) or not isinstance(probe_models, int)
-                                         or probe_models < 2):
-            raise ValueError(f"probe_models must be an integer ≥ 2 (models to compare), got {probe_models!r}")
+        if probe_top is not None and (isinstance(probe_top, bool) or not isinstance(probe_top, int)
+                                         or probe_top < 2):
+            raise ValueError(f"probe_top must be an integer ≥ 2 (models to compare), got {probe_top!r}")
         # read only: the store's cached graph itself, and an overlay of it that takes the target
         base = self.store.graph(self.k, copy=False) if self.store is not None else self._graph
         graph = base.overlay()
@@ -463,7 +463,7 @@ class Planner:
         first = next(iter(cfg_dict.get("fitted", {}).values()), {}) if source == "predicted" else {}
         probed: dict = {}
         if probe_budget is not None and source == "predicted":
-            entries, probed = self._budgeted_probe(ref, entries, probe_budget, probe_models, device, log, notes)
+            entries, probed = self._budgeted_probe(ref, entries, probe_budget, probe_top, device, log, notes)
             source = "probed" if probed.get("jobs") else source
         elif probe_budget is not None:
             notes.append("the budgeted probe is not needed for a profiled dataset and was not run")
@@ -487,44 +487,61 @@ class Planner:
 
     def _budgeted_probe(self, ref: str, entries: list[RankedModel], budget: int, k: int | None, device, log,
                         notes: list[str]) -> tuple[list[RankedModel], dict]:
-        """Successive halving over the first ``k`` available entries; the entries re-ordered (ranks renumbered)
-        and the probe's summary for :attr:`Recommendation.probe_budget`."""
+        """:meth:`budgeted_probe` over the entries; the entries re-ordered (ranks renumbered) and the summary."""
+        summary, outcome, lines = self.budgeted_probe(ref, [e.model for e in entries], budget, k, device, log)
+        notes[:0] = lines[:1]
+        notes.extend(lines[1:])
+        if outcome is None:
+            return entries, summary
+        by_model = {e.model: e for e in entries}
+        order = outcome.order + [e.model for e in entries if e.model not in outcome.order]
+        new_entries = []
+        for rank, m in enumerate(order, 1):
+            e = dataclasses.replace(by_model[m], rank=rank)
+            e.probe_runs = {str(st): round(v, 6) for st, v in sorted(outcome.losses.get(m, {}).items())}
+            new_entries.append(e)
+        return new_entries, summary
+
+    def budgeted_probe(self, ref: str, ranked: list[str], budget: int, k: int | None = None, device=None,
+                       log=None) -> tuple[dict, object, list[str]]:
+        """Successive halving (:func:`mandc.probing.successive_halving`) over the first ``k`` (default
+        :data:`~mandc.probing.PROBE_MODELS`) locally available models of ``ranked`` on dataset ``ref``, each run
+        a probe job kept in the store. Returns ``(summary, outcome, notes)``: the JSON summary (``budget``,
+        ``k``, ``rounds``, ``steps``, ``jobs``, ``reused``, ``losses``, ``order``, ``skipped``, ``errors``), the
+        :class:`~mandc.probing.ProbeOutcome` (None when the budget probes nothing) and sentences for the reader,
+        the first one saying what was run and chosen."""
         from mandc.probing import PROBE_MODELS, JobProbe, halving_rounds, rounds_cost, successive_halving
 
         k = k or PROBE_MODELS
         skipped, short = {}, []
-        for e in entries:
+        for m in ranked:
             if len(short) == k:
                 break
-            why = unavailable_reason(e.model)
+            why = unavailable_reason(m)
             if why is None:
-                short.append(e.model)
+                short.append(m)
             else:
-                skipped[e.model] = why
+                skipped[m] = why
         rounds = halving_rounds(len(short), budget)
-        summary = {"budget": budget, "k": len(short), "rounds": [list(r) for r in rounds], "skipped": skipped}
+        summary = {"budget": budget, "k": len(short), "rounds": [list(r) for r in rounds], "skipped": skipped,
+                   "jobs": 0}
+        notes = []
+        if not rounds:
+            notes.append(f"budgeted probe: {budget} steps cannot give two of the {len(short)} available top models "
+                         f"5 steps each; nothing was probed (raise --probe-budget)")
         if skipped:
             notes.append(f"budgeted probe: skipped {len(skipped)} model(s) not available locally: "
                          + ", ".join(f"{m} ({why})" for m, why in skipped.items()))
         if not rounds:
-            notes.append(f"budgeted probe: {budget} steps cannot give two of the {len(short)} available top models "
-                         f"5 steps each; nothing was probed (raise --probe-budget)")
-            return entries, {**summary, "jobs": 0}
+            return summary, None, notes
         measure = JobProbe(ref, store=self.store, device=device, log=log)
         out = successive_halving(short, budget, measure, k=len(short))
-        by_model = {e.model: e for e in entries}
-        order = out.order + [e.model for e in entries if e.model not in out.order]
-        new_entries = []
-        for rank, m in enumerate(order, 1):
-            e = dataclasses.replace(by_model[m], rank=rank)
-            e.probe_runs = {str(st): round(v, 6) for st, v in sorted(out.losses.get(m, {}).items())}
-            new_entries.append(e)
         plan = ", then ".join(f"{n} × {st} steps" for n, st in rounds)
         reused = len(measure.records) - measure.new
+        first = ranked[0]
         notes.insert(0, f"budgeted probe ({budget} steps): {plan} = {rounds_cost(rounds)} training steps in "
                         f"{len(measure.records)} job(s), {reused} reused from the store; best after probing: "
-                        f"{order[0]}" + ("" if order[0] == entries[0].model else
-                                         f" (the graph's first pick was {entries[0].model})"))
+                        f"{out.best}" + ("" if out.best == first else f" (the graph's first pick was {first})"))
         if measure.errors:
             notes.append("budgeted probe: failed for " + ", ".join(f"{m} ({e})" for m, e in measure.errors.items()))
         if self.store is None:
@@ -532,7 +549,7 @@ class Planner:
         summary.update(steps=out.steps, jobs=len(measure.records), reused=reused, errors=measure.errors,
                        losses={m: {str(st): v for st, v in d.items()} for m, d in out.losses.items()},
                        order=out.order)
-        return new_entries, summary
+        return summary, out, notes
 
     def _entries(self, graph, ref, models, scores, measured_raw, probe_losses) -> list[RankedModel]:
         near = graph.nearest(ref, n=NEAREST)
@@ -553,7 +570,8 @@ class Planner:
     # ------------------------------------------------------------------ planning
     def plan(self, dataset, memory="8GiB", device: str = "cuda", goal: str = "domain", candidates=None,
              steps: int | None = None, token: str | None = None, overrides: dict | None = None, log=None,
-             crawl: bool = False, max_params=None, licenses=None):
+             crawl: bool = False, max_params=None, licenses=None, probe_budget: int | None = None,
+             probe_top: int | None = None):
         """The :class:`~mandc.plan.Plan` for ``dataset`` under a ``memory`` budget (``"8GiB"``, bytes): model,
         per-layer bits, method and config, and every method's memory estimate (see :mod:`mandc.plan`).
         ``goal``: ``"domain"`` (adapt the denoiser) or ``"subject"`` (learn a token, ``token``);
@@ -561,12 +579,13 @@ class Planner:
         recipe); ``overrides``: method options such as ``{"lr": 1e-4}``; ``log``: called with one line per stage;
         ``crawl``: the candidates are the store's crawled Hub models, filtered by ``max_params`` (total, from the
         headers) and ``licenses``. Every candidate gets a memory verdict from its configs and headers alone, and
-        the best-ranked one that fits is chosen (``plan.shortlist``: the ranked candidates that fit)."""
+        the best-ranked one that fits is chosen (``plan.shortlist``: the ranked candidates that fit), or, with
+        ``probe_budget`` (training steps), the winner of a budgeted probe over the first ``probe_top`` of them."""
         from mandc.plan import make_plan
 
         return make_plan(self, dataset, memory=memory, device=device, goal=goal, candidates=candidates, steps=steps,
                          token=token, overrides=overrides, log=log, crawl=crawl, max_params=max_params,
-                         licenses=licenses)
+                         licenses=licenses, probe_budget=probe_budget, probe_top=probe_top)
 
     # ------------------------------------------------------------------ feedback
     def feedback(self, records) -> int:

@@ -328,7 +328,7 @@ def test_budgeted_probe_on_a_folder_reranks_keeps_probe_records_and_reuses_them(
     store = Store(store_path)
     key = store.content_hash()
     lines: list[str] = []
-    rec = Planner(store_path).recommend(str(folder), probe_budget=10, probe_models=2, device="cpu", log=lines.append)
+    rec = Planner(store_path).recommend(str(folder), probe_budget=10, probe_top=2, device="cpu", log=lines.append)
     pb = rec.probe_budget
     assert rec.source == "probed" and pb["rounds"] == [[2, 5]] and pb["steps"] == 10
     assert pb["jobs"] == 2 and pb["reused"] == 0 and sum("fine-tuning" in x for x in lines) == 2
@@ -347,7 +347,7 @@ def test_budgeted_probe_on_a_folder_reranks_keeps_probe_records_and_reuses_them(
     assert Store(store_path).content_hash() == key and ref not in Store(store_path).graph().datasets
 
     res = CliRunner().invoke(_app(), ["recommend", str(folder), "--graph", str(store_path), "--probe-budget", "10",
-                                      "--probe-models", "2", "--json"])
+                                      "--probe-top", "2", "--json"])
     assert res.exit_code == 0, res.output
     again = json.loads(res.stdout)
     assert again["source"] == "probed" and again["probe_budget"]["reused"] == 2 and again["best"] == rec.best
@@ -361,10 +361,24 @@ def test_budgeted_probe_refuses_bad_budgets_and_loaded_datasets(store_path):
     for bad in (0, -3, 2.5, True):
         with pytest.raises(ValueError, match="probe_budget must be a positive number of training steps"):
             planner.recommend(TARGET, probe_budget=bad)
-    with pytest.raises(ValueError, match="probe_models must be an integer ≥ 2"):
-        planner.recommend(TARGET, probe_budget=10, probe_models=1)
+    with pytest.raises(ValueError, match="probe_top must be an integer ≥ 2"):
+        planner.recommend(TARGET, probe_budget=10, probe_top=1)
     with pytest.raises(ValueError, match="need a dataset reference"):
         planner.recommend(load_builtin("shapes_polygons", n=4), probe_budget=10)
-    rec = planner.recommend(TARGET, probe_budget=4, probe_models=2)  # cannot give two models 5 steps each
+    rec = planner.recommend(TARGET, probe_budget=4, probe_top=2)  # cannot give two models 5 steps each
     assert rec.source == "predicted" and rec.probe_budget["jobs"] == 0
     assert any("nothing was probed" in n for n in rec.notes)
+
+
+def test_plan_with_a_budgeted_probe_takes_its_winner_and_says_so(store_path, world):
+    lines: list[str] = []
+    plan = Planner(store_path).plan(TARGET, memory="64GiB", device="cpu", steps=3, probe_budget=10, probe_top=2,
+                                    log=lines.append)
+    pb = plan.recommendation["probe_budget"]
+    assert pb["jobs"] == 2 and pb["rounds"] == [[2, 5]] and set(pb["order"]) == set(world["models"])
+    losses = {m: v["5"] for m, v in pb["losses"].items()}
+    assert plan.model == pb["order"][0] == min(losses, key=losses.get)
+    assert plan.reasons[0].startswith(f"model {plan.model}: won a budgeted probe of 10 training steps")
+    assert any(x.startswith("probe: fine-tuning") for x in lines)
+    with pytest.raises(PlanError, match="probe_budget must be a positive number"):
+        Planner(store_path).plan(TARGET, memory="64GiB", device="cpu", probe_budget=0)
