@@ -201,20 +201,26 @@ def run_model(name: str, args) -> dict:
         + ", ".join(f"K={c['k']}: {c['spearman']:.3f}" for c in curve))
 
     sens_ts = sensitivity_timesteps(T, args.sensitivity_timesteps)  # the default allocator's steps, too
-    sens = sensitivity_profile(model, batch, layers, sens_ts, n_samples=args.sensitivity_samples)
-    cost["sensitivity_s"] = timing["sensitivity"] = sens.seconds
-    log(f"[{name}] sensitivity profile: {sens.seconds:.1f}s")
+    if not args.skip_baselines:
+        sens = sensitivity_profile(model, batch, layers, sens_ts, n_samples=args.sensitivity_samples)
+        cost["sensitivity_s"] = timing["sensitivity"] = sens.seconds
+        log(f"[{name}] sensitivity profile: {sens.seconds:.1f}s")
 
     # the default allocator, as mandc quantize / mandc plan run it (its own K and sensitivity estimate)
     cfg_d = MPQConfig(n_calib=args.n_calib, time_limit=args.time_limit, sens_timesteps=args.sensitivity_timesteps,
                       sens_samples=args.sensitivity_samples)
-    prof_d = profile_importance(model, batch, cfg_d.k, layers)
+    prof_d = profile_importance(model, batch, cfg_d.k, layers, range_timesteps=cfg_d.range_timesteps,
+                                range_samples=cfg_d.range_samples)
     measure_sensitivity(model, batch, prof_d, cfg_d)
     d_sens = prof_d.sensitivity.seconds if prof_d.sensitivity is not None else 0.0
     cost.update(default_allocator=DEFAULT_ALLOCATOR, default_k=cfg_d.k, default_profile_s=prof_d.seconds,
                 default_sensitivity_s=d_sens, default_s=prof_d.seconds + d_sens,
                 default_ratio=(prof_d.seconds + d_sens) / prof_all.seconds,
-                default_ratio_T_est=(prof_d.seconds + d_sens) / (per_step * T))
+                default_ratio_T_est=(prof_d.seconds + d_sens) / (per_step * T),
+                default_range_timesteps=prof_d.range_timesteps,
+                # its activation ranges against the K-step profile's (the baselines'): max and median ratio
+                default_ranges_vs_k=[float(np.max(prof_d.input_max / np.maximum(prof.input_max, 1e-30))),
+                                     float(np.median(prof_d.input_max / np.maximum(prof.input_max, 1e-30)))])
     timing["default_profile"] = cost["default_s"]
     log(f"[{name}] default allocator {DEFAULT_ALLOCATOR}: K={cfg_d.k} profile {prof_d.seconds:.1f}s + sensitivity "
         f"estimate {d_sens:.1f}s = {cost['default_ratio']:.3f} of the dense profile "
@@ -231,31 +237,33 @@ def run_model(name: str, args) -> dict:
     for bits in args.budgets:
         budget = Budget.from_avg_bits(layers, bits)
         t0 = time.perf_counter()
-        best, table = select_by_validation(model, prof, budget, val, cfg)
-        val_s = time.perf_counter() - t0
-        chosen_table = table
-        mpq = plan_from_profile(prof, budget, best)
-        chosen[str(bits)] = {"contrast": best.contrast, "alpha": best.alpha, "validation_s": val_s,
-                             "grid": chosen_table}
-        theta = prof.importance(prof.beta(best), best.alpha)
-        row = {"mpq": evaluate(model, mpq, ds.heldout, base, prompts, ref, args.sample_steps)}
-        row["mpq"].update(contrast=best.contrast, alpha=best.alpha)
-        # MPQ-Diff without the validation step (contrast 1, α 0): what the selection adds
-        row["mpq_default"] = evaluate(model, plan_from_profile(prof, budget, cfg), ds.heldout, base, prompts, ref,
-                                      args.sample_steps)
-        uni = baseline_plan(layers, "uniform", budget, uniform_bits=(round(bits) if float(bits).is_integer() else bits, 8),
-                            act_ranges=prof.input_max)
-        row["uniform"] = evaluate(model, uni, ds.heldout, base, prompts, ref, args.sample_steps)
-        draws = [evaluate(model, baseline_plan(layers, "random", budget, pinned=pinned, seed=s, theta=theta,
-                                               propagate=best.propagate, act_ranges=prof.input_max,
-                                               time_limit=args.time_limit),
-                          ds.heldout, base, prompts, ref, args.sample_steps) for s in range(args.random_draws)]
-        row["random"] = {k: float(np.mean([d[k] for d in draws])) for k in draws[0] if k != "solver_optimal"}
-        row["random"]["solver_optimal"] = all(d["solver_optimal"] for d in draws)
-        row["random"]["draws"] = [{k: d[k] for k in ("loss_increase", "sample_mse")} for d in draws]
-        sp = baseline_plan(layers, "sensitivity", budget, pinned=pinned, sensitivity=sens, act_ranges=prof.input_max,
-                           time_limit=args.time_limit)
-        row["sensitivity"] = evaluate(model, sp, ds.heldout, base, prompts, ref, args.sample_steps)
+        row, val_s, best = {}, 0.0, None
+        if not args.skip_baselines:  # MPQ-Diff (validated and not), uniform, random, sensitivity
+            best, table = select_by_validation(model, prof, budget, val, cfg)
+            val_s = time.perf_counter() - t0
+            chosen_table = table
+            mpq = plan_from_profile(prof, budget, best)
+            chosen[str(bits)] = {"contrast": best.contrast, "alpha": best.alpha, "validation_s": val_s,
+                                 "grid": chosen_table}
+            theta = prof.importance(prof.beta(best), best.alpha)
+            row = {"mpq": evaluate(model, mpq, ds.heldout, base, prompts, ref, args.sample_steps)}
+            row["mpq"].update(contrast=best.contrast, alpha=best.alpha)
+            # MPQ-Diff without the validation step (contrast 1, α 0): what the selection adds
+            row["mpq_default"] = evaluate(model, plan_from_profile(prof, budget, cfg), ds.heldout, base, prompts, ref,
+                                          args.sample_steps)
+            uni = baseline_plan(layers, "uniform", budget, uniform_bits=(round(bits) if float(bits).is_integer() else bits, 8),
+                                act_ranges=prof.input_max)
+            row["uniform"] = evaluate(model, uni, ds.heldout, base, prompts, ref, args.sample_steps)
+            draws = [evaluate(model, baseline_plan(layers, "random", budget, pinned=pinned, seed=s, theta=theta,
+                                                   propagate=best.propagate, act_ranges=prof.input_max,
+                                                   time_limit=args.time_limit),
+                              ds.heldout, base, prompts, ref, args.sample_steps) for s in range(args.random_draws)]
+            row["random"] = {k: float(np.mean([d[k] for d in draws])) for k in draws[0] if k != "solver_optimal"}
+            row["random"]["solver_optimal"] = all(d["solver_optimal"] for d in draws)
+            row["random"]["draws"] = [{k: d[k] for k in ("loss_increase", "sample_mse")} for d in draws]
+            sp = baseline_plan(layers, "sensitivity", budget, pinned=pinned, sensitivity=sens, act_ranges=prof.input_max,
+                               time_limit=args.time_limit)
+            row["sensitivity"] = evaluate(model, sp, ds.heldout, base, prompts, ref, args.sample_steps)
         for a in GRADIENT_ALLOCATORS:
             row[a] = evaluate(model, plan_from_profile(prof_d, budget, cfg_d.replace(allocator=a)), ds.heldout, base,
                               prompts, ref, args.sample_steps)
@@ -268,11 +276,12 @@ def run_model(name: str, args) -> dict:
         timing[f"budget_{bits}"] = time.perf_counter() - t0
         timing[f"validation_{bits}"] = val_s
         if bits == args.budgets[len(args.budgets) // 2]:
-            mid_plan = mpq
-        log(f"[{name}] B={bits}: " + ", ".join(f"{a} {row[a]['loss_increase']:.4f}" for a in ALLOCATORS + EXTRAS)
-            + f" (mpq contrast {best.contrast}, alpha {best.alpha}; validation {val_s:.0f}s)")
+            mid_plan = plan_from_profile(prof_d, budget, cfg_d) if args.skip_baselines else mpq
+        log(f"[{name}] B={bits}: " + ", ".join(f"{a} {row[a]['loss_increase']:.4f}" for a in ALLOCATORS + EXTRAS
+                                               if a in row)
+            + ("" if best is None else f" (mpq contrast {best.contrast}, alpha {best.alpha}; validation {val_s:.0f}s)"))
 
-    # storage: the middle-budget MPQ plan really applied and saved
+    # storage: the middle-budget MPQ plan (the default's with --skip-baselines) really applied and saved
     t0 = time.perf_counter()
     q = quantized_copy(model, mid_plan)
     float_w = 4 * sum(i.n_weights for i in layers)
@@ -342,7 +351,7 @@ def markdown(results: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     for name, r in results["models"].items():
         for bits, row in r["budgets"].items():
-            for a in ALLOCATORS + EXTRAS:
+            for a in [a for a in ALLOCATORS + EXTRAS if a in row]:
                 v = row[a]
                 label = f"**default** ({v['allocator']})" if a == "default" else a
                 lines.append(f"| {name} | {bits} | {label} | {v['loss_increase']:.4f} | {v['sample_mse']:.5f} | "
@@ -354,7 +363,7 @@ def markdown(results: dict) -> str:
         k = next(v for key, v in c.items() if key.startswith("k") and key.endswith("_s"))
         lines.append(f"| {name} | {k:.1f} ({c['k']} steps) | {c['all_s']:.1f} ({c['all_timesteps']} steps) | "
                      f"{c['ratio']:.3f} | {c['all_T_s_est']:.0f} ({c['num_train_timesteps']}) | {c['ratio_T_est']:.4f} | "
-                     f"{c['spearman']:.3f} | {c['plan_agreement']:.0%} | {c['sensitivity_s']:.1f} | "
+                     f"{c['spearman']:.3f} | {c['plan_agreement']:.0%} | {c.get('sensitivity_s', float('nan')):.1f} | "
                      f"{c['default_s']:.1f} (K={c['default_k']} + sensitivity estimate) | {c['default_ratio']:.3f} | "
                      f"{c['default_ratio_T_est']:.4f} |")
     lines += ["", "| model | " + " | ".join(f"K={c['k']}" for c in next(iter(results["cost"].values()))["curve"]) + " |"]
@@ -395,6 +404,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads per model process")
     p.add_argument("--jobs", type=int, default=None, help="models run in parallel processes (default: one per model)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--skip-baselines", action="store_true",
+                   help="only the default allocator and its gradient extras (and the cost profiles): rerun the default "
+                        "after a change without the slow baselines, which do not depend on it")
     p.add_argument("--ablations", action="store_true",
                    help="instead: MPQ-Diff's own choices (propagation, objective, contrast 0, validation), loss only")
     args = p.parse_args(argv)

@@ -110,3 +110,33 @@ def test_mpq_stays_selectable_and_needs_no_sensitivity(tiny_unet, data):
     # the combined values are the estimated errors weighted by the orthogonality importance
     theta = prof.importance(prof.beta(cfg), cfg.alpha)
     np.testing.assert_allclose(combined_values(theta, prof.sensitivity), theta[:, None, None] * prof.sensitivity.values())
+
+
+def test_range_pass_extends_the_activation_ranges_over_the_schedule(tiny_unet, data):
+    from profiler.mpq.capture import input_ranges
+    from profiler.mpq.importance import sample_timesteps
+
+    batch = calibration_batch(tiny_unet, data.train, 4, seed=0)
+    plain = profile_importance(tiny_unet, batch, 2)
+    # the forward-only pass measures what the Gram capture records, at the same steps and images
+    np.testing.assert_allclose(input_ranges(tiny_unet, batch, plain.timesteps, plain.layers).numpy(), plain.input_max,
+                               rtol=1e-6)
+    wide = profile_importance(tiny_unet, batch, 2, range_timesteps=5, range_samples=2)
+    assert wide.range_timesteps == [t for t in sample_timesteps(1000, 5) if t not in plain.timesteps]
+    np.testing.assert_array_equal(wide.gamma, plain.gamma)  # the importance is untouched
+    extra = input_ranges(tiny_unet, batch.subset(2), wide.range_timesteps, plain.layers).numpy()
+    np.testing.assert_allclose(wide.input_max, np.maximum(plain.input_max, extra), rtol=1e-6)
+    assert (wide.input_max >= plain.input_max).all() and (wide.input_max > plain.input_max).any()
+    # steps the profile already holds are not run again
+    assert profile_importance(tiny_unet, batch, 5, range_timesteps=5).range_timesteps is None
+
+
+def test_profile_bits_plans_with_the_range_pass(tiny_unet, data):
+    plan = profile_bits(tiny_unet, data, avg_bits=4, n_calib=4, sens_samples=2, sens_probes=1, time_limit=2.0,
+                        range_timesteps=4, range_samples=2)
+    assert plan.settings["range_timesteps"] == 4 and plan.settings["range_samples"] == 2
+    batch = calibration_batch(tiny_unet, data.train, 4, seed=0)
+    ref = profile_importance(tiny_unet, batch, 3, range_timesteps=4, range_samples=2)
+    np.testing.assert_allclose([plan.act_ranges[n] for n in ref.names], ref.input_max, rtol=1e-6)
+    with pytest.raises(ValueError, match="range_samples must be an integer >= 1"):
+        MPQConfig(range_samples=0)
