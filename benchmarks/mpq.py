@@ -70,7 +70,7 @@ from pathlib import Path
 from data.io import atomic_write
 
 ALLOCATORS = ("default", "mpq", "uniform", "random", "sensitivity")
-GRADIENT_ALLOCATORS = ("grad-sensitivity", "combined")  # evaluated on the default's profile, beside it
+GRADIENT_ALLOCATORS = ("grad-sensitivity", "combined", "validated")  # evaluated on the default's profile, beside it
 EXTRAS = ("mpq_default",) + GRADIENT_ALLOCATORS
 
 
@@ -150,8 +150,8 @@ def run_model(name: str, args) -> dict:
     from profiler.mpq.baselines import baseline_plan, sensitivity_profile
     from profiler.mpq.capture import describe
     from profiler.mpq.importance import aggregate_importance, beta_for_contrast, sample_timesteps
-    from profiler.mpq.allocators import DEFAULT_ALLOCATOR
-    from profiler.mpq.profile import (MPQConfig, measure_sensitivity, pinned_layers, plan_from_profile,
+    from profiler.mpq.allocators import DEFAULT_ALLOCATOR, get_allocator
+    from profiler.mpq.profile import (MPQConfig, measure_sensitivity, pick_by_validation, pinned_layers, plan_from_profile,
                                       profile_importance, quantized_copy, select_by_validation,
                                       sensitivity_timesteps)
 
@@ -167,10 +167,12 @@ def run_model(name: str, args) -> dict:
     log(f"[{name}] K={cfg.timesteps} profile: {k_s:.1f}s")
     T = model.num_train_timesteps
     n_all = min(args.all_timesteps or T, T)
+    c0 = time.process_time()  # CPU seconds of this one-thread process: a cost ratio the other jobs' load leaves alone
     prof_all = profile_importance(model, batch, n_all, layers,
                                   progress=lambda s, d, n: log(f"[{name}] dense profile {d}/{n}")
                                   if d % 50 == 0 else None)
     timing["profile_k"], timing["profile_dense"] = k_s, prof_all.seconds
+    dense_cpu = time.process_time() - c0
     beta = prof.beta(cfg)
     rho = spearman(prof.importance(beta, 0.0), prof_all.importance(prof_all.beta(cfg), 0.0))
     mid = Budget.from_avg_bits(layers, args.budgets[len(args.budgets) // 2])
@@ -209,22 +211,28 @@ def run_model(name: str, args) -> dict:
     # the default allocator, as mandc quantize / mandc plan run it (its own K and sensitivity estimate)
     cfg_d = MPQConfig(n_calib=args.n_calib, time_limit=args.time_limit, sens_timesteps=args.sensitivity_timesteps,
                       sens_samples=args.sensitivity_samples)
+    c0 = time.process_time()
     prof_d = profile_importance(model, batch, cfg_d.k, layers, range_timesteps=cfg_d.range_timesteps,
                                 range_samples=cfg_d.range_samples)
     measure_sensitivity(model, batch, prof_d, cfg_d)
+    d_cpu = time.process_time() - c0
+    cpu_250 = dense_cpu / len(prof_all.timesteps) * 250  # the README's dense reference: every 4th of T = 1000
     d_sens = prof_d.sensitivity.seconds if prof_d.sensitivity is not None else 0.0
     cost.update(default_allocator=DEFAULT_ALLOCATOR, default_k=cfg_d.k, default_profile_s=prof_d.seconds,
                 default_sensitivity_s=d_sens, default_s=prof_d.seconds + d_sens,
                 default_ratio=(prof_d.seconds + d_sens) / prof_all.seconds,
                 default_ratio_T_est=(prof_d.seconds + d_sens) / (per_step * T),
                 default_range_timesteps=prof_d.range_timesteps,
+                dense_cpu_s=dense_cpu, default_cpu_s=d_cpu, default_cpu_ratio_250_est=d_cpu / cpu_250,
+                default_ratio_250_est=(prof_d.seconds + d_sens) / (per_step * 250),
                 # its activation ranges against the K-step profile's (the baselines'): max and median ratio
                 default_ranges_vs_k=[float(np.max(prof_d.input_max / np.maximum(prof.input_max, 1e-30))),
                                      float(np.median(prof_d.input_max / np.maximum(prof.input_max, 1e-30)))])
     timing["default_profile"] = cost["default_s"]
     log(f"[{name}] default allocator {DEFAULT_ALLOCATOR}: K={cfg_d.k} profile {prof_d.seconds:.1f}s + sensitivity "
         f"estimate {d_sens:.1f}s = {cost['default_ratio']:.3f} of the dense profile "
-        f"({cost['default_ratio_T_est']:.4f} of all T)")
+        f"({cost['default_ratio_T_est']:.4f} of all T); CPU {d_cpu:.1f}s = {cost['default_cpu_ratio_250_est']:.3f} "
+        f"of a 250-step dense profile's CPU time (extrapolated)")
 
     t0 = time.perf_counter()
     base = heldout_loss(model, ds.heldout).mean
@@ -265,8 +273,18 @@ def run_model(name: str, args) -> dict:
                                time_limit=args.time_limit)
             row["sensitivity"] = evaluate(model, sp, ds.heldout, base, prompts, ref, args.sample_steps)
         for a in GRADIENT_ALLOCATORS:
-            row[a] = evaluate(model, plan_from_profile(prof_d, budget, cfg_d.replace(allocator=a)), ds.heldout, base,
-                              prompts, ref, args.sample_steps)
+            cfg_a = cfg_d.replace(allocator=a)
+            if get_allocator(a).candidates:  # picks on validation images (timed: part of its cost)
+                c0 = time.process_time()
+                plan_a = pick_by_validation(model, prof_d, budget, val, cfg_a)
+                cost.setdefault(f"{a}_validation_cpu_s", {})[str(bits)] = time.process_time() - c0
+                row[a] = evaluate(model, plan_a, ds.heldout, base, prompts, ref, args.sample_steps)
+                row[a].update(candidate=plan_a.settings["candidate"], validation_s=plan_a.timing["validation_s"],
+                              candidates=plan_a.settings["candidates"])
+                cost.setdefault(f"{a}_validation_s", {})[str(bits)] = plan_a.timing["validation_s"]
+            else:
+                row[a] = evaluate(model, plan_from_profile(prof_d, budget, cfg_a), ds.heldout, base, prompts, ref,
+                                  args.sample_steps)
         row["default"] = (dict(row[DEFAULT_ALLOCATOR]) if DEFAULT_ALLOCATOR in GRADIENT_ALLOCATORS else
                           evaluate(model, plan_from_profile(prof_d, budget, cfg_d), ds.heldout, base, prompts, ref,
                                    args.sample_steps))
@@ -446,6 +464,7 @@ def main(argv=None) -> int:
             results[k][name] = r[k]
     results["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     results["seconds"] = time.perf_counter() - t0
+    _write_json(args.json, results)  # first: a table that fails to print loses no measurement
     print(markdown(results))
     print(f"\ntotal {results['seconds']:.0f}s: {len(args.models)} model(s) in {jobs} process(es) of {args.threads} "
           f"thread(s)")

@@ -114,10 +114,12 @@ class MPQConfig:
     sens_probes: int = 8                # random gradient probes per timestep (the gradient estimate)
     range_timesteps: int = 10           # activation ranges also over this many sampled timesteps (see profile_importance)
     range_samples: int = 4              # calibration images of that range pass (ranges over samples: the K-step profile)
+    pick_samples: int = 16              # validation images scoring the candidates of a picking allocator ("validated")
 
     def __post_init__(self) -> None:
         get_allocator(self.allocator)  # an unknown name fails here, with the choices
-        for name in ("sens_timesteps", "sens_samples", "sens_probes", "range_timesteps", "range_samples"):
+        for name in ("sens_timesteps", "sens_samples", "sens_probes", "range_timesteps", "range_samples",
+                     "pick_samples"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
@@ -373,6 +375,41 @@ def select_by_validation(model, profile: ImportanceProfile, budget: Budget, vali
     return config.replace(contrast=float(c), alpha=float(a), beta=None), table
 
 
+def pick_by_validation(model, profile: ImportanceProfile, budget: Budget, validation, config: MPQConfig,
+                       extra_settings: dict | None = None, progress: Progress | None = None) -> BitPlan:
+    """The plan of ``config.allocator``'s candidates (``Allocator.candidates``) with the lowest validation loss.
+
+    Each candidate allocator fills the program from the same ``profile`` (and its sensitivity); each distinct
+    plan is applied and scored like :func:`select_by_validation` (``heldout_loss`` at
+    :data:`VALIDATION_TIMESTEPS`, one noise draw) on the first ``config.pick_samples`` images of
+    ``validation``; the lowest wins, ties to the earlier candidate. The plan's ``settings`` name
+    ``config.allocator``, the ``candidate`` chosen and every candidate's score (``candidates``).
+    """
+    from finetune.metrics import heldout_loss
+
+    names = get_allocator(config.allocator).candidates
+    if not names:
+        raise ValueError(f"allocator {config.allocator!r} has no candidates to pick from")
+    t0 = time.perf_counter()
+    val = validation.subset(list(range(min(config.pick_samples, len(validation)))))
+    plans, seen, table = {}, {}, []
+    for n, name in enumerate(names):
+        plan = plans[name] = plan_from_profile(profile, budget, config.replace(allocator=name), extra_settings)
+        key = tuple(plan.w_bits) + tuple(plan.a_bits)
+        if key not in seen:
+            seen[key] = heldout_loss(quantized_copy(model, plan), val, timesteps=VALIDATION_TIMESTEPS,
+                                     noise_seeds=(0,)).mean
+        table.append({"allocator": name, "validation_loss": seen[key]})
+        if progress is not None:
+            progress("validate", n + 1, len(names))
+    best = min(range(len(names)), key=lambda i: (table[i]["validation_loss"], i))
+    plan = plans[names[best]]
+    seconds = time.perf_counter() - t0
+    plan.settings.update(allocator=config.allocator, candidate=names[best], candidates=table, n_validation=len(val))
+    plan.timing["validation_s"] = seconds
+    return plan
+
+
 def validation_images(train, batch: CalibrationBatch, n: int):
     """Up to ``n`` training images not in the calibration batch (None if there are none)."""
     used = set(batch.indices or [])
@@ -425,6 +462,11 @@ def profile_bits(model, dataset, budget=None, *, avg_bits: float | None = None,
                               range_samples=config.range_samples)
     measure_sensitivity(model, batch, prof, config, progress)
     extra = {"model": given_ref or model_ref(model), "dataset": getattr(ds, "ref", None) or ds.name}
+    if get_allocator(config.allocator).candidates:
+        val = validation_images(ds.train, batch, config.n_validation)
+        if val is not None:
+            return pick_by_validation(model, prof, bud, val, config, extra, progress)
+        extra["candidate"] = "none: no training images outside the calibration batch"  # its own values decide
     if config.validate:
         val = validation_images(ds.train, batch, config.n_validation)
         if val is None:
@@ -469,6 +511,9 @@ def profile_bits_at(model, dataset, avg_bits, *, config: MPQConfig | None = None
                               range_samples=config.range_samples)
     measure_sensitivity(model, batch, prof, config, progress)
     extra = {"model": given_ref or model_ref(model), "dataset": getattr(ds, "ref", None) or ds.name}
+    val = validation_images(ds.train, batch, config.n_validation) if get_allocator(config.allocator).candidates else None
+    if val is not None:
+        return {b: pick_by_validation(model, prof, bud, val, config, extra, progress) for b, bud in budgets.items()}
     return {b: plan_from_profile(prof, bud, config, extra) for b, bud in budgets.items()}
 
 
