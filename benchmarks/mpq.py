@@ -2,15 +2,18 @@
 
     python benchmarks/mpq.py [--models unet-xs-gradients dit-s-gradients unet-l-shapes] [--budgets 3 4 5] [--json FILE]
     python benchmarks/mpq.py --ablations [--json FILE]     # MPQ-Diff's own choices (profiler.mpq.profile doc)
+    python benchmarks/mpq.py --skip-baselines [--json FILE]  # only the default and the gradient allocators
 
 For each zoo model (built on first use) and each budget of average weight bits ``B`` the budget is the
 weight memory and the bit operations of the uniform plan ``W{B}A8``, and five allocators fill it:
 
 * ``default`` — ``profiler.mpq.allocators.DEFAULT_ALLOCATOR`` with its default settings, exactly what
   ``mandc quantize`` and ``mandc plan`` use (``"grad-sensitivity"``: the per-layer quantization error
-  estimated by gradient probes; activation ranges from a K = 3 profile); its entry names the allocator.
+  estimated by gradient probes; activation ranges from a K = 3 profile widened by a 10-step range pass);
+  its entry names the allocator.
   The extra keys ``grad-sensitivity`` and ``combined`` (that error weighted by MPQ-Diff's orthogonality
-  importance, contrast 1, from the same K = 3 profile) are both gradient allocators on the default's profile;
+  importance, contrast 1, from the same K = 3 profile) and ``validated`` (whichever of the two plans scores
+  lower on validation images; its validation time is in ``cost``) are gradient allocators on the default's profile;
 * ``uniform`` — every layer at ``W{B}A8`` (the budget's owner);
 * ``mpq`` — MPQ-Diff, K sampled timesteps, with (contrast, α) picked by validation on training images
   outside the calibration batch (``profiler.mpq.profile.select_by_validation``); ``mpq_default`` (an extra

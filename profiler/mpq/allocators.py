@@ -17,7 +17,8 @@ value table ``v_i(w, a)`` ``[L, |W|, |A|]`` it gives it. Registered (``mandc qua
   of ``L·(|W|+|A|−1)·T'`` forwards). ``contrast = 0`` is the sensitivity allocation alone. Its θ comes
   from K = 3 sampled timesteps (Spearman 0.999 / 0.993 to a dense profile on the zoo UNet / DiT), so the
   two profiles together cost about what MPQ-Diff's K = 10 profile does (the K = 3 profile also gives every
-  allocator its activation ranges).
+  allocator its activation ranges, widened over 10 sampled timesteps by a forward-only pass on a few images:
+  ``MPQConfig.range_timesteps``; K = 3 steps alone clip the inputs that change most with ``t``).
 * ``"validated"`` — both plans above from the same profile and estimate, each applied and scored by the
   denoising loss on ``pick_samples`` training images outside the calibration batch
   (:func:`~profiler.mpq.profile.pick_by_validation`); the lower one is kept (ties: ``grad-sensitivity``).
