@@ -64,7 +64,7 @@ class Allocator:
     sensitivity: str | None
     values: Callable
     timesteps: int = 10    # K sampled timesteps of its orthogonality profile unless the config sets them
-    candidates: tuple = ()  # allocators whose plans it scores on validation images, keeping the best (see pick_by_validation)
+    candidates: tuple = ()  # allocators whose plans it scores on validation images, keeping the best one
 
     def __post_init__(self) -> None:
         if self.sensitivity not in SENSITIVITY_KINDS:

@@ -274,8 +274,8 @@ def input_ranges(model, batch: CalibrationBatch, timesteps, layers: list[LayerIn
     """``[L]`` float32 max ``|input|`` of each of ``layers`` over ``batch`` at every one of ``timesteps``.
 
     One forward pass per timestep, no Grams (what :func:`layer_grams` records as ``input_max``, without
-    the features): the activation ranges of a plan must cover the whole schedule, since a time-conditioned
-    layer's input (the time MLP, each block's time projection) changes with ``t``, not with the sample.
+    the features): the activation ranges of a plan must cover the whole schedule, since layer inputs change
+    with ``t`` (on the zoo DiT most for the attention projections and the time MLP).
     """
     modules = dict(model.denoiser.named_modules())
     amax = torch.zeros(len(layers), dtype=torch.float32)

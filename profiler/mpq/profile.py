@@ -112,8 +112,8 @@ class MPQConfig:
     sens_timesteps: int = 2             # timesteps of the sensitivity profile (evenly spaced interior ones)
     sens_samples: int = 8               # calibration images the sensitivity profile uses
     sens_probes: int = 8                # random gradient probes per timestep (the gradient estimate)
-    range_timesteps: int = 10           # activation ranges also over this many sampled timesteps (see profile_importance)
-    range_samples: int = 4              # calibration images of that range pass (ranges over samples: the K-step profile)
+    range_timesteps: int = 10           # activation ranges also over this many sampled steps (profile_importance)
+    range_samples: int = 4              # images of that range pass (the spread over images: the K-step profile)
     pick_samples: int = 16              # validation images scoring the candidates of a picking allocator ("validated")
 
     def __post_init__(self) -> None:
@@ -512,7 +512,8 @@ def profile_bits_at(model, dataset, avg_bits, *, config: MPQConfig | None = None
                               range_samples=config.range_samples)
     measure_sensitivity(model, batch, prof, config, progress)
     extra = {"model": given_ref or model_ref(model), "dataset": getattr(ds, "ref", None) or ds.name}
-    val = validation_images(ds.train, batch, config.n_validation) if get_allocator(config.allocator).candidates else None
+    picks = bool(get_allocator(config.allocator).candidates)
+    val = validation_images(ds.train, batch, config.n_validation) if picks else None
     if val is not None:
         return {b: pick_by_validation(model, prof, bud, val, config, extra, progress) for b, bud in budgets.items()}
     return {b: plan_from_profile(prof, bud, config, extra) for b, bud in budgets.items()}
