@@ -172,3 +172,17 @@ def test_validated_without_validation_images_is_grad_sensitivity(tiny_unet, data
     plan = profile_bits(tiny_unet, data, allocator="validated", **kw)
     assert plan.settings["allocator"] == "validated" and plan.settings["candidate"].startswith("none")
     assert plan.layers == profile_bits(tiny_unet, data, allocator="grad-sensitivity", **kw).layers
+
+
+def test_plans_at_several_budgets_pick_per_budget(tiny_unet, data):
+    from profiler.mpq import profile_bits_at
+
+    cfg = MPQConfig(allocator="validated", n_calib=4, n_validation=4, pick_samples=2, sens_samples=2, sens_probes=1,
+                    time_limit=2.0, range_timesteps=3)
+    plans = profile_bits_at(tiny_unet, data, [3, 8], config=cfg)
+    assert set(plans) == {3, 8}
+    for p in plans.values():  # each budget's plan says which candidate won there and what both scored
+        assert p.settings["allocator"] == "validated" and p.settings["n_validation"] == 2
+        assert [r["allocator"] for r in p.settings["candidates"]] == ["grad-sensitivity", "combined"]
+        assert p.settings["candidate"] in ("grad-sensitivity", "combined")
+    assert plans[3].usage["weight_bytes"] < plans[8].usage["weight_bytes"]
