@@ -2,15 +2,18 @@
 
     python benchmarks/mpq.py [--models unet-xs-gradients dit-s-gradients unet-l-shapes] [--budgets 3 4 5] [--json FILE]
     python benchmarks/mpq.py --ablations [--json FILE]     # MPQ-Diff's own choices (profiler.mpq.profile doc)
+    python benchmarks/mpq.py --skip-baselines [--json FILE]  # only the default and the gradient allocators
 
 For each zoo model (built on first use) and each budget of average weight bits ``B`` the budget is the
 weight memory and the bit operations of the uniform plan ``W{B}A8``, and five allocators fill it:
 
 * ``default`` — ``profiler.mpq.allocators.DEFAULT_ALLOCATOR`` with its default settings, exactly what
   ``mandc quantize`` and ``mandc plan`` use (``"grad-sensitivity"``: the per-layer quantization error
-  estimated by gradient probes; activation ranges from a K = 3 profile); its entry names the allocator.
+  estimated by gradient probes; activation ranges from a K = 3 profile widened by a 10-step range pass);
+  its entry names the allocator.
   The extra keys ``grad-sensitivity`` and ``combined`` (that error weighted by MPQ-Diff's orthogonality
-  importance, contrast 1, from the same K = 3 profile) are both gradient allocators on the default's profile;
+  importance, contrast 1, from the same K = 3 profile) and ``validated`` (whichever of the two plans scores
+  lower on validation images; its validation time is in ``cost``) are gradient allocators on the default's profile;
 * ``uniform`` — every layer at ``W{B}A8`` (the budget's owner);
 * ``mpq`` — MPQ-Diff, K sampled timesteps, with (contrast, α) picked by validation on training images
   outside the calibration batch (``profiler.mpq.profile.select_by_validation``); ``mpq_default`` (an extra
@@ -70,7 +73,7 @@ from pathlib import Path
 from data.io import atomic_write
 
 ALLOCATORS = ("default", "mpq", "uniform", "random", "sensitivity")
-GRADIENT_ALLOCATORS = ("grad-sensitivity", "combined")  # evaluated on the default's profile, beside it
+GRADIENT_ALLOCATORS = ("grad-sensitivity", "combined", "validated")  # evaluated on the default's profile, beside it
 EXTRAS = ("mpq_default",) + GRADIENT_ALLOCATORS
 
 
@@ -150,8 +153,8 @@ def run_model(name: str, args) -> dict:
     from profiler.mpq.baselines import baseline_plan, sensitivity_profile
     from profiler.mpq.capture import describe
     from profiler.mpq.importance import aggregate_importance, beta_for_contrast, sample_timesteps
-    from profiler.mpq.allocators import DEFAULT_ALLOCATOR
-    from profiler.mpq.profile import (MPQConfig, measure_sensitivity, pinned_layers, plan_from_profile,
+    from profiler.mpq.allocators import DEFAULT_ALLOCATOR, get_allocator
+    from profiler.mpq.profile import (MPQConfig, measure_sensitivity, pick_by_validation, pinned_layers, plan_from_profile,
                                       profile_importance, quantized_copy, select_by_validation,
                                       sensitivity_timesteps)
 
@@ -167,10 +170,12 @@ def run_model(name: str, args) -> dict:
     log(f"[{name}] K={cfg.timesteps} profile: {k_s:.1f}s")
     T = model.num_train_timesteps
     n_all = min(args.all_timesteps or T, T)
+    c0 = time.process_time()  # CPU seconds of this one-thread process: a cost ratio the other jobs' load leaves alone
     prof_all = profile_importance(model, batch, n_all, layers,
                                   progress=lambda s, d, n: log(f"[{name}] dense profile {d}/{n}")
                                   if d % 50 == 0 else None)
     timing["profile_k"], timing["profile_dense"] = k_s, prof_all.seconds
+    dense_cpu = time.process_time() - c0
     beta = prof.beta(cfg)
     rho = spearman(prof.importance(beta, 0.0), prof_all.importance(prof_all.beta(cfg), 0.0))
     mid = Budget.from_avg_bits(layers, args.budgets[len(args.budgets) // 2])
@@ -201,24 +206,36 @@ def run_model(name: str, args) -> dict:
         + ", ".join(f"K={c['k']}: {c['spearman']:.3f}" for c in curve))
 
     sens_ts = sensitivity_timesteps(T, args.sensitivity_timesteps)  # the default allocator's steps, too
-    sens = sensitivity_profile(model, batch, layers, sens_ts, n_samples=args.sensitivity_samples)
-    cost["sensitivity_s"] = timing["sensitivity"] = sens.seconds
-    log(f"[{name}] sensitivity profile: {sens.seconds:.1f}s")
+    if not args.skip_baselines:
+        sens = sensitivity_profile(model, batch, layers, sens_ts, n_samples=args.sensitivity_samples)
+        cost["sensitivity_s"] = timing["sensitivity"] = sens.seconds
+        log(f"[{name}] sensitivity profile: {sens.seconds:.1f}s")
 
     # the default allocator, as mandc quantize / mandc plan run it (its own K and sensitivity estimate)
     cfg_d = MPQConfig(n_calib=args.n_calib, time_limit=args.time_limit, sens_timesteps=args.sensitivity_timesteps,
                       sens_samples=args.sensitivity_samples)
-    prof_d = profile_importance(model, batch, cfg_d.k, layers)
+    c0 = time.process_time()
+    prof_d = profile_importance(model, batch, cfg_d.k, layers, range_timesteps=cfg_d.range_timesteps,
+                                range_samples=cfg_d.range_samples)
     measure_sensitivity(model, batch, prof_d, cfg_d)
+    d_cpu = time.process_time() - c0
+    cpu_250 = dense_cpu / len(prof_all.timesteps) * 250  # the README's dense reference: every 4th of T = 1000
     d_sens = prof_d.sensitivity.seconds if prof_d.sensitivity is not None else 0.0
     cost.update(default_allocator=DEFAULT_ALLOCATOR, default_k=cfg_d.k, default_profile_s=prof_d.seconds,
                 default_sensitivity_s=d_sens, default_s=prof_d.seconds + d_sens,
                 default_ratio=(prof_d.seconds + d_sens) / prof_all.seconds,
-                default_ratio_T_est=(prof_d.seconds + d_sens) / (per_step * T))
+                default_ratio_T_est=(prof_d.seconds + d_sens) / (per_step * T),
+                default_range_timesteps=prof_d.range_timesteps,
+                dense_cpu_s=dense_cpu, default_cpu_s=d_cpu, default_cpu_ratio_250_est=d_cpu / cpu_250,
+                default_ratio_250_est=(prof_d.seconds + d_sens) / (per_step * 250),
+                # its activation ranges against the K-step profile's (the baselines'): max and median ratio
+                default_ranges_vs_k=[float(np.max(prof_d.input_max / np.maximum(prof.input_max, 1e-30))),
+                                     float(np.median(prof_d.input_max / np.maximum(prof.input_max, 1e-30)))])
     timing["default_profile"] = cost["default_s"]
     log(f"[{name}] default allocator {DEFAULT_ALLOCATOR}: K={cfg_d.k} profile {prof_d.seconds:.1f}s + sensitivity "
         f"estimate {d_sens:.1f}s = {cost['default_ratio']:.3f} of the dense profile "
-        f"({cost['default_ratio_T_est']:.4f} of all T)")
+        f"({cost['default_ratio_T_est']:.4f} of all T); CPU {d_cpu:.1f}s = {cost['default_cpu_ratio_250_est']:.3f} "
+        f"of a 250-step dense profile's CPU time (extrapolated)")
 
     t0 = time.perf_counter()
     base = heldout_loss(model, ds.heldout).mean
@@ -231,34 +248,46 @@ def run_model(name: str, args) -> dict:
     for bits in args.budgets:
         budget = Budget.from_avg_bits(layers, bits)
         t0 = time.perf_counter()
-        best, table = select_by_validation(model, prof, budget, val, cfg)
-        val_s = time.perf_counter() - t0
-        chosen_table = table
-        mpq = plan_from_profile(prof, budget, best)
-        chosen[str(bits)] = {"contrast": best.contrast, "alpha": best.alpha, "validation_s": val_s,
-                             "grid": chosen_table}
-        theta = prof.importance(prof.beta(best), best.alpha)
-        row = {"mpq": evaluate(model, mpq, ds.heldout, base, prompts, ref, args.sample_steps)}
-        row["mpq"].update(contrast=best.contrast, alpha=best.alpha)
-        # MPQ-Diff without the validation step (contrast 1, α 0): what the selection adds
-        row["mpq_default"] = evaluate(model, plan_from_profile(prof, budget, cfg), ds.heldout, base, prompts, ref,
-                                      args.sample_steps)
-        uni = baseline_plan(layers, "uniform", budget, uniform_bits=(round(bits) if float(bits).is_integer() else bits, 8),
-                            act_ranges=prof.input_max)
-        row["uniform"] = evaluate(model, uni, ds.heldout, base, prompts, ref, args.sample_steps)
-        draws = [evaluate(model, baseline_plan(layers, "random", budget, pinned=pinned, seed=s, theta=theta,
-                                               propagate=best.propagate, act_ranges=prof.input_max,
-                                               time_limit=args.time_limit),
-                          ds.heldout, base, prompts, ref, args.sample_steps) for s in range(args.random_draws)]
-        row["random"] = {k: float(np.mean([d[k] for d in draws])) for k in draws[0] if k != "solver_optimal"}
-        row["random"]["solver_optimal"] = all(d["solver_optimal"] for d in draws)
-        row["random"]["draws"] = [{k: d[k] for k in ("loss_increase", "sample_mse")} for d in draws]
-        sp = baseline_plan(layers, "sensitivity", budget, pinned=pinned, sensitivity=sens, act_ranges=prof.input_max,
-                           time_limit=args.time_limit)
-        row["sensitivity"] = evaluate(model, sp, ds.heldout, base, prompts, ref, args.sample_steps)
+        row, val_s, best = {}, 0.0, None
+        if not args.skip_baselines:  # MPQ-Diff (validated and not), uniform, random, sensitivity
+            best, table = select_by_validation(model, prof, budget, val, cfg)
+            val_s = time.perf_counter() - t0
+            chosen_table = table
+            mpq = plan_from_profile(prof, budget, best)
+            chosen[str(bits)] = {"contrast": best.contrast, "alpha": best.alpha, "validation_s": val_s,
+                                 "grid": chosen_table}
+            theta = prof.importance(prof.beta(best), best.alpha)
+            row = {"mpq": evaluate(model, mpq, ds.heldout, base, prompts, ref, args.sample_steps)}
+            row["mpq"].update(contrast=best.contrast, alpha=best.alpha)
+            # MPQ-Diff without the validation step (contrast 1, α 0): what the selection adds
+            row["mpq_default"] = evaluate(model, plan_from_profile(prof, budget, cfg), ds.heldout, base, prompts, ref,
+                                          args.sample_steps)
+            uni = baseline_plan(layers, "uniform", budget, uniform_bits=(round(bits) if float(bits).is_integer() else bits, 8),
+                                act_ranges=prof.input_max)
+            row["uniform"] = evaluate(model, uni, ds.heldout, base, prompts, ref, args.sample_steps)
+            draws = [evaluate(model, baseline_plan(layers, "random", budget, pinned=pinned, seed=s, theta=theta,
+                                                   propagate=best.propagate, act_ranges=prof.input_max,
+                                                   time_limit=args.time_limit),
+                              ds.heldout, base, prompts, ref, args.sample_steps) for s in range(args.random_draws)]
+            row["random"] = {k: float(np.mean([d[k] for d in draws])) for k in draws[0] if k != "solver_optimal"}
+            row["random"]["solver_optimal"] = all(d["solver_optimal"] for d in draws)
+            row["random"]["draws"] = [{k: d[k] for k in ("loss_increase", "sample_mse")} for d in draws]
+            sp = baseline_plan(layers, "sensitivity", budget, pinned=pinned, sensitivity=sens, act_ranges=prof.input_max,
+                               time_limit=args.time_limit)
+            row["sensitivity"] = evaluate(model, sp, ds.heldout, base, prompts, ref, args.sample_steps)
         for a in GRADIENT_ALLOCATORS:
-            row[a] = evaluate(model, plan_from_profile(prof_d, budget, cfg_d.replace(allocator=a)), ds.heldout, base,
-                              prompts, ref, args.sample_steps)
+            cfg_a = cfg_d.replace(allocator=a)
+            if get_allocator(a).candidates:  # picks on validation images (timed: part of its cost)
+                c0 = time.process_time()
+                plan_a = pick_by_validation(model, prof_d, budget, val, cfg_a)
+                cost.setdefault(f"{a}_validation_cpu_s", {})[str(bits)] = time.process_time() - c0
+                row[a] = evaluate(model, plan_a, ds.heldout, base, prompts, ref, args.sample_steps)
+                row[a].update(candidate=plan_a.settings["candidate"], validation_s=plan_a.timing["validation_s"],
+                              candidates=plan_a.settings["candidates"])
+                cost.setdefault(f"{a}_validation_s", {})[str(bits)] = plan_a.timing["validation_s"]
+            else:
+                row[a] = evaluate(model, plan_from_profile(prof_d, budget, cfg_a), ds.heldout, base, prompts, ref,
+                                  args.sample_steps)
         row["default"] = (dict(row[DEFAULT_ALLOCATOR]) if DEFAULT_ALLOCATOR in GRADIENT_ALLOCATORS else
                           evaluate(model, plan_from_profile(prof_d, budget, cfg_d), ds.heldout, base, prompts, ref,
                                    args.sample_steps))
@@ -268,11 +297,12 @@ def run_model(name: str, args) -> dict:
         timing[f"budget_{bits}"] = time.perf_counter() - t0
         timing[f"validation_{bits}"] = val_s
         if bits == args.budgets[len(args.budgets) // 2]:
-            mid_plan = mpq
-        log(f"[{name}] B={bits}: " + ", ".join(f"{a} {row[a]['loss_increase']:.4f}" for a in ALLOCATORS + EXTRAS)
-            + f" (mpq contrast {best.contrast}, alpha {best.alpha}; validation {val_s:.0f}s)")
+            mid_plan = plan_from_profile(prof_d, budget, cfg_d) if args.skip_baselines else mpq
+        log(f"[{name}] B={bits}: " + ", ".join(f"{a} {row[a]['loss_increase']:.4f}" for a in ALLOCATORS + EXTRAS
+                                               if a in row)
+            + ("" if best is None else f" (mpq contrast {best.contrast}, alpha {best.alpha}; validation {val_s:.0f}s)"))
 
-    # storage: the middle-budget MPQ plan really applied and saved
+    # storage: the middle-budget MPQ plan (the default's with --skip-baselines) really applied and saved
     t0 = time.perf_counter()
     q = quantized_copy(model, mid_plan)
     float_w = 4 * sum(i.n_weights for i in layers)
@@ -342,7 +372,7 @@ def markdown(results: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     for name, r in results["models"].items():
         for bits, row in r["budgets"].items():
-            for a in ALLOCATORS + EXTRAS:
+            for a in [a for a in ALLOCATORS + EXTRAS if a in row]:
                 v = row[a]
                 label = f"**default** ({v['allocator']})" if a == "default" else a
                 lines.append(f"| {name} | {bits} | {label} | {v['loss_increase']:.4f} | {v['sample_mse']:.5f} | "
@@ -354,7 +384,7 @@ def markdown(results: dict) -> str:
         k = next(v for key, v in c.items() if key.startswith("k") and key.endswith("_s"))
         lines.append(f"| {name} | {k:.1f} ({c['k']} steps) | {c['all_s']:.1f} ({c['all_timesteps']} steps) | "
                      f"{c['ratio']:.3f} | {c['all_T_s_est']:.0f} ({c['num_train_timesteps']}) | {c['ratio_T_est']:.4f} | "
-                     f"{c['spearman']:.3f} | {c['plan_agreement']:.0%} | {c['sensitivity_s']:.1f} | "
+                     f"{c['spearman']:.3f} | {c['plan_agreement']:.0%} | {c.get('sensitivity_s', float('nan')):.1f} | "
                      f"{c['default_s']:.1f} (K={c['default_k']} + sensitivity estimate) | {c['default_ratio']:.3f} | "
                      f"{c['default_ratio_T_est']:.4f} |")
     lines += ["", "| model | " + " | ".join(f"K={c['k']}" for c in next(iter(results["cost"].values()))["curve"]) + " |"]
@@ -395,6 +425,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads per model process")
     p.add_argument("--jobs", type=int, default=None, help="models run in parallel processes (default: one per model)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--skip-baselines", action="store_true",
+                   help="only the default allocator and its gradient extras (and the cost profiles): rerun the default "
+                        "after a change without the slow baselines, which do not depend on it")
     p.add_argument("--ablations", action="store_true",
                    help="instead: MPQ-Diff's own choices (propagation, objective, contrast 0, validation), loss only")
     args = p.parse_args(argv)
@@ -434,6 +467,7 @@ def main(argv=None) -> int:
             results[k][name] = r[k]
     results["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     results["seconds"] = time.perf_counter() - t0
+    _write_json(args.json, results)  # first: a table that fails to print loses no measurement
     print(markdown(results))
     print(f"\ntotal {results['seconds']:.0f}s: {len(args.models)} model(s) in {jobs} process(es) of {args.threads} "
           f"thread(s)")

@@ -303,8 +303,9 @@ def quantize_cmd(
     timesteps: Optional[int] = typer.Option(None, "--timesteps", help="K timesteps sampled uniformly for the "
                                             "profile (default: the allocator's, mpq 10, the others 3)."),
     allocator: Optional[str] = typer.Option(None, "--allocator", help="Bit allocator: grad-sensitivity (per-layer "
-                                            "quantization error from gradient probes; the default, best measured), "
-                                            "combined (orthogonality x that error), mpq (MPQ-Diff as published) or "
+                                            "quantization error from gradient probes; the default), "
+                                            "combined (orthogonality x that error), validated (the better of those two "
+                                            "on validation images), mpq (MPQ-Diff as published) or "
                                             "sensitivity (the error measured layer by layer, slow)."),
     n_calib: int = typer.Option(32, "--n-calib", help="Calibration images N."),
     validate: bool = typer.Option(False, help="Pick β and α by validation loss on other training images (slower)."),
@@ -320,7 +321,7 @@ def quantize_cmd(
     if (budget_mb is None) == (avg_bits is None):
         _fail("give exactly one budget: --budget-mb X or --avg-bits B")
     stages = {"load": "load model and data", "profile": f"profile {timesteps or 'sampled'} timesteps",
-              "sensitivity": "per-layer sensitivity", "validate": "validate β, α", "quantize": "quantize and save"}
+              "sensitivity": "per-layer sensitivity", "validate": "validate β, α or candidates", "quantize": "quantize and save"}
     try:
         with _progress() as prog:
             tasks: dict = {}

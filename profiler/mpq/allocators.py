@@ -17,7 +17,13 @@ value table ``v_i(w, a)`` ``[L, |W|, |A|]`` it gives it. Registered (``mandc qua
   of ``L·(|W|+|A|−1)·T'`` forwards). ``contrast = 0`` is the sensitivity allocation alone. Its θ comes
   from K = 3 sampled timesteps (Spearman 0.999 / 0.993 to a dense profile on the zoo UNet / DiT), so the
   two profiles together cost about what MPQ-Diff's K = 10 profile does (the K = 3 profile also gives every
-  allocator its activation ranges).
+  allocator its activation ranges, widened over 10 sampled timesteps by a forward-only pass on a few images:
+  ``MPQConfig.range_timesteps``; K = 3 steps alone clip the inputs that change most with ``t``).
+* ``"validated"`` — both plans above from the same profile and estimate, each applied and scored by the
+  denoising loss on ``pick_samples`` training images outside the calibration batch
+  (:func:`~profiler.mpq.profile.pick_by_validation`); the lower one is kept (ties: ``grad-sensitivity``).
+  Two quantized evaluations per budget on top of ``"grad-sensitivity"``'s profile; without validation
+  images it is ``"grad-sensitivity"``.
 * ``"mpq"`` — MPQ-Diff as published (with the documented choices of :mod:`profiler.mpq.profile`):
   ``v = −θ_i · (D(w) + D(a))`` (:func:`mpq_values`), no sensitivity profile.
 * ``"sensitivity"`` — the measured error alone, each layer quantized in turn at each choice
@@ -58,6 +64,7 @@ class Allocator:
     sensitivity: str | None
     values: Callable
     timesteps: int = 10    # K sampled timesteps of its orthogonality profile unless the config sets them
+    candidates: tuple = ()  # allocators whose plans it scores on validation images, keeping the best one
 
     def __post_init__(self) -> None:
         if self.sensitivity not in SENSITIVITY_KINDS:
@@ -150,6 +157,9 @@ register_allocator(Allocator(
 register_allocator(Allocator(
     "combined", "orthogonality importance × per-layer quantization error (gradient-estimated)", "gradient",
     _combined, timesteps=3))
+register_allocator(Allocator(
+    "validated", "the plan of grad-sensitivity or combined (same profile and estimate) with the lower loss on "
+    "validation images", "gradient", _sensitivity, timesteps=3, candidates=("grad-sensitivity", "combined")))
 register_allocator(Allocator(
     "mpq", "MPQ-Diff as published: orthogonality importance × quantizer noise power", None, _mpq))
 register_allocator(Allocator(

@@ -269,6 +269,33 @@ def layer_grams(model, batch: CalibrationBatch, t: int, layers: list[LayerInfo],
     return LayerGrams(grams, energy, amax)
 
 
+@torch.no_grad()
+def input_ranges(model, batch: CalibrationBatch, timesteps, layers: list[LayerInfo]) -> torch.Tensor:
+    """``[L]`` float32 max ``|input|`` of each of ``layers`` over ``batch`` at every one of ``timesteps``.
+
+    One forward pass per timestep, no Grams (what :func:`layer_grams` records as ``input_max``, without
+    the features): the activation ranges of a plan must cover the whole schedule, since layer inputs change
+    with ``t`` (on the zoo DiT most for the attention projections and the time MLP).
+    """
+    modules = dict(model.denoiser.named_modules())
+    amax = torch.zeros(len(layers), dtype=torch.float32)
+
+    def hook(i):
+        def fn(mod, inputs):
+            lo, hi = torch.aminmax(inputs[0].detach())
+            amax[i] = max(float(amax[i]), -float(lo), float(hi))
+        return fn
+
+    handles = [modules[info.name].register_forward_pre_hook(hook(i)) for i, info in enumerate(layers)]
+    try:
+        for t in timesteps:
+            model.denoise(batch.noised(model, int(t)), int(t), batch.cond)
+    finally:
+        for h in handles:
+            h.remove()
+    return amax
+
+
 def _centred(x: torch.Tensor):
     k, e = centered_gram_from_features(x)
     return k.cpu(), e

@@ -70,7 +70,7 @@ from profiler.mpq.allocate import (A_CHOICES, W_CHOICES, Allocation, Budget, all
 from profiler.mpq.allocators import DEFAULT_ALLOCATOR, allocator_values, get_allocator, mpq_values, quant_noise  # noqa: F401
 from profiler.mpq.bitplan import BitPlan, apply_bitplan
 from profiler.mpq.capture import (DEFAULT_MAX_FEATURE_BYTES, CalibrationBatch, LayerInfo, calibration_batch,
-                                  layer_grams, probe_layers)
+                                  input_ranges, layer_grams, probe_layers)
 from profiler.mpq.importance import aggregate_importance, beta_for_contrast, sample_timesteps, suffix_mean  # noqa: F401
 from profiler.mpq.orthogonality import cka_matrix, degenerate_mask, orthogonality_sums
 
@@ -112,10 +112,14 @@ class MPQConfig:
     sens_timesteps: int = 2             # timesteps of the sensitivity profile (evenly spaced interior ones)
     sens_samples: int = 8               # calibration images the sensitivity profile uses
     sens_probes: int = 8                # random gradient probes per timestep (the gradient estimate)
+    range_timesteps: int = 10           # activation ranges also over this many sampled steps (profile_importance)
+    range_samples: int = 4              # images of that range pass (the spread over images: the K-step profile)
+    pick_samples: int = 16              # validation images scoring the candidates of a picking allocator ("validated")
 
     def __post_init__(self) -> None:
         get_allocator(self.allocator)  # an unknown name fails here, with the choices
-        for name in ("sens_timesteps", "sens_samples", "sens_probes"):
+        for name in ("sens_timesteps", "sens_samples", "sens_probes", "range_timesteps", "range_samples",
+                     "pick_samples"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
@@ -159,6 +163,7 @@ class ImportanceProfile:
     input_max: np.ndarray | None = None    # [L] max |input| over the batch and timesteps (activation ranges)
     orm: np.ndarray | None = None          # [K, L, L] when kept (keep_orm=True)
     sensitivity: object | None = None      # baselines.Sensitivity, for allocators that read one (measure_sensitivity)
+    range_timesteps: list[int] | None = None  # extra timesteps input_max covers (the range pass), if any
 
     def beta(self, config: "MPQConfig") -> float:
         return float(config.beta) if config.beta is not None else beta_for_contrast(self.gamma, config.contrast)
@@ -175,11 +180,19 @@ class ImportanceProfile:
 def profile_importance(model, batch: CalibrationBatch, timesteps: int | list[int] = 10,
                        layers: list[LayerInfo] | None = None, micro_batch: int | None = None,
                        max_feature_bytes: int = DEFAULT_MAX_FEATURE_BYTES, keep_orm: bool = False,
-                       progress: Progress | None = None) -> ImportanceProfile:
+                       progress: Progress | None = None, range_timesteps: int | None = None,
+                       range_samples: int = 4) -> ImportanceProfile:
     """Per-timestep orthogonality of every quantizable layer of ``model`` (a ``T2IModel``) on ``batch``.
 
     ``timesteps``: ``K`` (sampled with :func:`~profiler.mpq.importance.sample_timesteps`) or explicit steps.
-    ``seconds`` is the wall time of the per-timestep captures and CKA (not the probe or data loading).
+    ``range_timesteps``: the activation ranges (``input_max``) also cover that many sampled timesteps,
+    from a forward-only pass (:func:`~profiler.mpq.capture.input_ranges`) over the first ``range_samples``
+    images at the ones the profile does not already hold: the K steps give the ranges' spread over the
+    images, the pass their spread over the schedule (on the zoo DiT, ranges from K = 3 steps are up to 1.7×
+    too narrow for attention projections and the time MLP at the other steps, and the plans they clip lose
+    up to twice as much). ``None``: the K steps only.
+    ``seconds`` is the wall time of the per-timestep captures, CKA and the range pass (not the probe or data
+    loading).
     """
     T = model.num_train_timesteps
     if isinstance(timesteps, (int, np.integer)) and not isinstance(timesteps, bool):
@@ -209,8 +222,12 @@ def profile_importance(model, batch: CalibrationBatch, timesteps: int | list[int
             orms.append(orm.numpy())
         if progress is not None:
             progress("profile", k + 1, len(ts))
+    extra = [t for t in sample_timesteps(T, int(range_timesteps)) if t not in ts] if range_timesteps else []
+    if extra:
+        sub = batch.subset(max(1, min(int(range_samples), len(batch))))
+        input_max = np.maximum(input_max, input_ranges(model, sub, extra, layers).numpy())
     return ImportanceProfile(layers, ts, T, gamma, len(batch), time.perf_counter() - t0, dead, input_max,
-                             None if orms is None else np.stack(orms))
+                             None if orms is None else np.stack(orms), range_timesteps=extra or None)
 
 
 def pinned_layers(layers: list[LayerInfo], config: MPQConfig) -> dict:
@@ -359,6 +376,41 @@ def select_by_validation(model, profile: ImportanceProfile, budget: Budget, vali
     return config.replace(contrast=float(c), alpha=float(a), beta=None), table
 
 
+def pick_by_validation(model, profile: ImportanceProfile, budget: Budget, validation, config: MPQConfig,
+                       extra_settings: dict | None = None, progress: Progress | None = None) -> BitPlan:
+    """The plan of ``config.allocator``'s candidates (``Allocator.candidates``) with the lowest validation loss.
+
+    Each candidate allocator fills the program from the same ``profile`` (and its sensitivity); each distinct
+    plan is applied and scored like :func:`select_by_validation` (``heldout_loss`` at
+    :data:`VALIDATION_TIMESTEPS`, one noise draw) on the first ``config.pick_samples`` images of
+    ``validation``; the lowest wins, ties to the earlier candidate. The plan's ``settings`` name
+    ``config.allocator``, the ``candidate`` chosen and every candidate's score (``candidates``).
+    """
+    from finetune.metrics import heldout_loss
+
+    names = get_allocator(config.allocator).candidates
+    if not names:
+        raise ValueError(f"allocator {config.allocator!r} has no candidates to pick from")
+    t0 = time.perf_counter()
+    val = validation.subset(list(range(min(config.pick_samples, len(validation)))))
+    plans, seen, table = {}, {}, []
+    for n, name in enumerate(names):
+        plan = plans[name] = plan_from_profile(profile, budget, config.replace(allocator=name), extra_settings)
+        key = tuple(plan.w_bits) + tuple(plan.a_bits)
+        if key not in seen:
+            seen[key] = heldout_loss(quantized_copy(model, plan), val, timesteps=VALIDATION_TIMESTEPS,
+                                     noise_seeds=(0,)).mean
+        table.append({"allocator": name, "validation_loss": seen[key]})
+        if progress is not None:
+            progress("validate", n + 1, len(names))
+    best = min(range(len(names)), key=lambda i: (table[i]["validation_loss"], i))
+    plan = plans[names[best]]
+    seconds = time.perf_counter() - t0
+    plan.settings.update(allocator=config.allocator, candidate=names[best], candidates=table, n_validation=len(val))
+    plan.timing["validation_s"] = seconds
+    return plan
+
+
 def validation_images(train, batch: CalibrationBatch, n: int):
     """Up to ``n`` training images not in the calibration batch (None if there are none)."""
     used = set(batch.indices or [])
@@ -407,9 +459,15 @@ def profile_bits(model, dataset, budget=None, *, avg_bits: float | None = None,
     # Infeasible budgets fail before the (long) profile.
     check_budget(layers, bud, config.w_choices, config.a_choices, pinned_layers(layers, config))
     prof = profile_importance(model, batch, config.k, layers, config.micro_batch, config.max_feature_bytes,
-                              progress=progress)
+                              progress=progress, range_timesteps=config.range_timesteps,
+                              range_samples=config.range_samples)
     measure_sensitivity(model, batch, prof, config, progress)
     extra = {"model": given_ref or model_ref(model), "dataset": getattr(ds, "ref", None) or ds.name}
+    if get_allocator(config.allocator).candidates:
+        val = validation_images(ds.train, batch, config.n_validation)
+        if val is not None:
+            return pick_by_validation(model, prof, bud, val, config, extra, progress)
+        extra["candidate"] = "none: no training images outside the calibration batch"  # its own values decide
     if config.validate:
         val = validation_images(ds.train, batch, config.n_validation)
         if val is None:
@@ -450,9 +508,14 @@ def profile_bits_at(model, dataset, avg_bits, *, config: MPQConfig | None = None
     if not budgets:
         return {}
     prof = profile_importance(model, batch, config.k, layers, config.micro_batch, config.max_feature_bytes,
-                              progress=progress)
+                              progress=progress, range_timesteps=config.range_timesteps,
+                              range_samples=config.range_samples)
     measure_sensitivity(model, batch, prof, config, progress)
     extra = {"model": given_ref or model_ref(model), "dataset": getattr(ds, "ref", None) or ds.name}
+    picks = bool(get_allocator(config.allocator).candidates)
+    val = validation_images(ds.train, batch, config.n_validation) if picks else None
+    if val is not None:
+        return {b: pick_by_validation(model, prof, bud, val, config, extra, progress) for b, bud in budgets.items()}
     return {b: plan_from_profile(prof, bud, config, extra) for b, bud in budgets.items()}
 
 

@@ -88,7 +88,7 @@ def run_quantize(model, data, out, *, budget_mb: float | None = None, avg_bits: 
         timesteps, n_calib, validate, seed: profile settings (see :class:`~profiler.mpq.profile.MPQConfig`;
             ``timesteps=None``: the allocator's K).
         allocator: a registered allocator (``profiler.mpq.allocators``: ``"grad-sensitivity"``, the default,
-            ``"combined"``, ``"mpq"`` for MPQ-Diff as published, ``"sensitivity"``); ``None``: ``config``'s.
+            ``"combined"``, ``"validated"``, ``"mpq"`` for MPQ-Diff as published, ``"sensitivity"``); ``None``: ``config``'s.
         save_weights: write the quantized layers to ``out`` with suffix ``.safetensors``.
         progress: ``progress(stage, done, total)``; stages "load", "profile", "validate", "quantize".
     """

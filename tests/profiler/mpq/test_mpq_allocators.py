@@ -56,7 +56,7 @@ def test_default_allocator_is_the_registered_default():
     assert {"grad-sensitivity", "combined", "mpq", "sensitivity"} <= set(ALLOCATORS)
     assert MPQConfig().allocator == DEFAULT_ALLOCATOR
     assert MPQConfig().k == get_allocator(DEFAULT_ALLOCATOR).timesteps and MPQConfig(allocator="mpq").k == 10
-    with pytest.raises(ValueError, match="unknown bit allocator 'nope'; choose one of combined, grad-sensitivity, mpq, sensitivity"):
+    with pytest.raises(ValueError, match="unknown bit allocator 'nope'; choose one of combined, grad-sensitivity, mpq, sensitivity, validated"):
         MPQConfig(allocator="nope")
     with pytest.raises(ValueError, match="already registered"):
         register_allocator(Allocator("mpq", "again", None, lambda *a: None))
@@ -110,3 +110,79 @@ def test_mpq_stays_selectable_and_needs_no_sensitivity(tiny_unet, data):
     # the combined values are the estimated errors weighted by the orthogonality importance
     theta = prof.importance(prof.beta(cfg), cfg.alpha)
     np.testing.assert_allclose(combined_values(theta, prof.sensitivity), theta[:, None, None] * prof.sensitivity.values())
+
+
+def test_range_pass_extends_the_activation_ranges_over_the_schedule(tiny_unet, data):
+    from profiler.mpq.capture import input_ranges
+    from profiler.mpq.importance import sample_timesteps
+
+    batch = calibration_batch(tiny_unet, data.train, 4, seed=0)
+    plain = profile_importance(tiny_unet, batch, 2)
+    # the forward-only pass measures what the Gram capture records, at the same steps and images
+    np.testing.assert_allclose(input_ranges(tiny_unet, batch, plain.timesteps, plain.layers).numpy(), plain.input_max,
+                               rtol=1e-6)
+    wide = profile_importance(tiny_unet, batch, 2, range_timesteps=5, range_samples=2)
+    assert wide.range_timesteps == [t for t in sample_timesteps(1000, 5) if t not in plain.timesteps]
+    np.testing.assert_array_equal(wide.gamma, plain.gamma)  # the importance is untouched
+    extra = input_ranges(tiny_unet, batch.subset(2), wide.range_timesteps, plain.layers).numpy()
+    np.testing.assert_allclose(wide.input_max, np.maximum(plain.input_max, extra), rtol=1e-6)
+    assert (wide.input_max >= plain.input_max).all() and (wide.input_max > plain.input_max).any()
+    # steps the profile already holds are not run again
+    assert profile_importance(tiny_unet, batch, 5, range_timesteps=5).range_timesteps is None
+
+
+def test_profile_bits_plans_with_the_range_pass(tiny_unet, data):
+    plan = profile_bits(tiny_unet, data, avg_bits=4, n_calib=4, sens_samples=2, sens_probes=1, time_limit=2.0,
+                        range_timesteps=4, range_samples=2)
+    assert plan.settings["range_timesteps"] == 4 and plan.settings["range_samples"] == 2
+    batch = calibration_batch(tiny_unet, data.train, 4, seed=0)
+    ref = profile_importance(tiny_unet, batch, 3, range_timesteps=4, range_samples=2)
+    np.testing.assert_allclose([plan.act_ranges[n] for n in ref.names], ref.input_max, rtol=1e-6)
+    with pytest.raises(ValueError, match="range_samples must be an integer >= 1"):
+        MPQConfig(range_samples=0)
+
+
+def test_validated_keeps_the_candidate_plan_with_the_lower_validation_loss(tiny_unet, data):
+    from finetune.metrics import heldout_loss
+    from profiler.mpq.profile import VALIDATION_TIMESTEPS, pick_by_validation, quantized_copy, validation_images
+
+    assert get_allocator("validated").candidates == ("grad-sensitivity", "combined")
+    batch = calibration_batch(tiny_unet, data.train, 4, seed=0)
+    prof = profile_importance(tiny_unet, batch, 2)
+    cfg = MPQConfig(allocator="validated", time_limit=2.0, sens_samples=2, sens_probes=1, pick_samples=3)
+    measure_sensitivity(tiny_unet, batch, prof, cfg)
+    budget = Budget.from_avg_bits(prof.layers, 3)
+    val = validation_images(data.train, batch, 8)
+    plan = pick_by_validation(tiny_unet, prof, budget, val, cfg)
+    scores = {}
+    for name in ("grad-sensitivity", "combined"):  # each candidate's plan, scored independently on 3 images
+        cand = plan_from_profile(prof, budget, cfg.replace(allocator=name))
+        scores[name] = heldout_loss(quantized_copy(tiny_unet, cand), val.subset(range(3)), timesteps=VALIDATION_TIMESTEPS,
+                                    noise_seeds=(0,)).mean
+        if name == plan.settings["candidate"]:
+            assert plan.layers == cand.layers
+    assert plan.settings["allocator"] == "validated" and plan.settings["n_validation"] == 3
+    assert plan.settings["candidate"] == min(scores, key=lambda n: (scores[n], n != "grad-sensitivity"))
+    assert {r["allocator"]: r["validation_loss"] for r in plan.settings["candidates"]} == pytest.approx(scores)
+    assert plan.timing["validation_s"] > 0 and plan.usage["weight_bytes"] <= budget.weight_bytes
+
+
+def test_validated_without_validation_images_is_grad_sensitivity(tiny_unet, data):
+    kw = dict(avg_bits=4, n_calib=len(data.train), sens_samples=2, sens_probes=1, time_limit=2.0, range_timesteps=3)
+    plan = profile_bits(tiny_unet, data, allocator="validated", **kw)
+    assert plan.settings["allocator"] == "validated" and plan.settings["candidate"].startswith("none")
+    assert plan.layers == profile_bits(tiny_unet, data, allocator="grad-sensitivity", **kw).layers
+
+
+def test_plans_at_several_budgets_pick_per_budget(tiny_unet, data):
+    from profiler.mpq import profile_bits_at
+
+    cfg = MPQConfig(allocator="validated", n_calib=4, n_validation=4, pick_samples=2, sens_samples=2, sens_probes=1,
+                    time_limit=2.0, range_timesteps=3)
+    plans = profile_bits_at(tiny_unet, data, [3, 8], config=cfg)
+    assert set(plans) == {3, 8}
+    for p in plans.values():  # each budget's plan says which candidate won there and what both scored
+        assert p.settings["allocator"] == "validated" and p.settings["n_validation"] == 2
+        assert [r["allocator"] for r in p.settings["candidates"]] == ["grad-sensitivity", "combined"]
+        assert p.settings["candidate"] in ("grad-sensitivity", "combined")
+    assert plans[3].usage["weight_bytes"] < plans[8].usage["weight_bytes"]
