@@ -2,6 +2,7 @@
 
     python benchmarks/finetune_memory.py [--json FILE]            # ~60M-param pixel UNet + MiniLM, 32×32
     python benchmarks/finetune_memory.py --sd15 [--json FILE]     # SD 1.5 scale (random weights), 512×512
+    python benchmarks/finetune_memory.py --sd15 --methods zo-ti --plan-bits 4   # its denoiser from a W4 bit plan
 
 Each measurement runs in a fresh Python process (``--worker``), so no run inherits another's allocator
 state. Memory is the peak over ``finetune.run``'s training window (from the moment the model is prepared —
