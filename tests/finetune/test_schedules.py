@@ -34,7 +34,7 @@ def test_the_paper_window_on_the_zoo_cosine_schedule():
 
 def test_clamped_and_bad_input():
     """A window noisier than every step of a schedule still keeps one step; bad windows and schedules fail."""
-    short = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-5, beta_end=1e-4)  # ᾱ never falls to SD 1.5's at t=900
+    short = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-5, beta_end=1e-4)  # ᾱ stays above SD 1.5's ᾱ_900
     lo, hi = snr_matched_window(short, (900, 1000))
     assert (lo, hi) == (999, 1000)
     with pytest.raises(ValueError, match="window"):
