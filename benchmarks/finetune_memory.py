@@ -2,6 +2,7 @@
 
     python benchmarks/finetune_memory.py [--json FILE]            # ~60M-param pixel UNet + MiniLM, 32×32
     python benchmarks/finetune_memory.py --sd15 [--json FILE]     # SD 1.5 scale (random weights), 512×512
+    python benchmarks/finetune_memory.py --sd15 --methods zo-ti --plan-bits 4   # its denoiser from a W4 bit plan
 
 Each measurement runs in a fresh Python process (``--worker``), so no run inherits another's allocator
 state. Memory is the peak over ``finetune.run``'s training window (from the moment the model is prepared —
@@ -131,6 +132,22 @@ def build_sd15():
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sched,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     return T2IModel(pipe)
+
+
+def uniform_bitplan(kind: str, w_bits: int, path: Path) -> Path:
+    """Write a :class:`~finetune.quant.bitplan.BitPlan` with every ``nn.Linear`` / ``nn.Conv2d`` of ``kind``'s
+    denoiser at ``w_bits`` weight bits and float activations (allocator "uniform": a plan, not MPQ-Diff's:
+    profiling SD 1.5 for one is a GPU job), so a method quantizes through the plan path as from ``mandc quantize``.
+    The denoiser is built on the meta device: only its layer names are read."""
+    import torch
+
+    from finetune.quant.bitplan import BitPlan
+
+    with torch.device("meta"):
+        model = build_model(kind)
+    layers = {name: {"w_bits": int(w_bits), "a_bits": None} for name, mod in model.denoiser.named_modules()
+              if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d))}
+    return BitPlan(layers=layers, settings={"allocator": "uniform", "w_bits": int(w_bits)}).save(path)
 
 
 def bench_data(kind: str, n_train: int):
@@ -301,6 +318,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--gradient-checkpointing", action="store_true",
                     help="train every method with the denoiser's activations recomputed in backward")
     ap.add_argument("--mem-limit-gb", type=float, default=22.0, help="data limit for --sd15 workers")
+    ap.add_argument("--plan", type=Path, default=None, help="bit plan JSON (mandc quantize's) given as 'plan' to "
+                                                            "the methods that take one (peqa, tuneqdm, qta-lora, zo-ti)")
+    ap.add_argument("--plan-bits", type=int, default=None, help="write a uniform bit plan (every Linear/Conv2d of the "
+                    "denoiser at this many weight bits, float activations) beside --json and use it as --plan")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     # worker mode
     ap.add_argument("--worker", choices=["train", "inference"], help=argparse.SUPPRESS)
@@ -327,12 +348,18 @@ def main(argv=None) -> dict:
     methods = args.methods or list(METHODS)
     common = {"steps": args.steps, "batch_size": bs, "checkpoint_every": 0, "seed": 0,
               "gradient_checkpointing": args.gradient_checkpointing}
+    if args.plan_bits is not None:
+        args.plan = uniform_bitplan(kind, args.plan_bits, (args.json or Path("finetune_memory")).with_suffix(
+            f".plan-w{args.plan_bits}.json"))
+        print(f"uniform W{args.plan_bits} bit plan: {args.plan}", file=sys.stderr)
+    with_plan = {name for name in methods if "plan" in METHODS[name].Config.help()} if args.plan else set()
     import torch
 
     out = {"device": "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu:{platform.processor() or platform.machine()}:{os.cpu_count()} cores",
            "model": "sd15 (UNet 860M, CLIP-L text, VAE; random weights; 512x512, batch 1)" if args.sd15 else
                     "pixel UNet ~60M + MiniLM text encoder, 32x32, random weights",
            "steps": args.steps, "batch_size": bs, "gradient_checkpointing": args.gradient_checkpointing,
+           "plan": str(args.plan) if args.plan else None, "plan_methods": sorted(with_plan),
            "methods": {}, "optimizer": {}, "qta": {},
            "inference_peak_mem_bytes": None}
     t0 = time.perf_counter()
@@ -344,7 +371,8 @@ def main(argv=None) -> dict:
     if "methods" not in args.skip:
         print("methods:", file=sys.stderr)
         for name in methods:
-            out["methods"][name] = spawn(name, kind, dict(common, lr=LR.get(name, 1e-4)), args)
+            plan = {"plan": str(args.plan)} if name in with_plan else {}
+            out["methods"][name] = spawn(name, kind, dict(common, lr=LR.get(name, 1e-4), **plan), args)
     if "optimizer" not in args.skip:
         print("optimizer (full fine-tuning):", file=sys.stderr)
         for key, opt in [("fp32_master", "fp32-master"), ("remainder", "remainder"),

@@ -8,7 +8,8 @@ variants' samplers diverge):
 
 - ``plain``: neither addition (full timestep range, no subspace projection);
 - ``subspace``: the subspace gradient only;
-- ``timesteps``: partial uniform timestep sampling only;
+- ``timesteps``: partial uniform timestep sampling only (``zo-ti``'s default window: the paper's SD 1.5
+  window 500–899 mapped to the model's schedule by ᾱ_t, 644–922 on the zoo's cosine schedule);
 - ``zoodip``: both (``zo-ti``'s defaults).
 
 Subject personalisation as in ``benchmarks/finetune_quality.py``: the first ``--subject-images`` images
@@ -20,7 +21,8 @@ against ``plain`` the paired mean difference (variant − plain; negative = the 
 
 ``--set KEY=VALUE`` overrides a ``zo-ti`` option in every variant (a sweep point, e.g. ``--set tau=32``);
 ``--window LO HI`` moves the partial timestep window of ``timesteps`` and ``zoodip``. Each run's
-subspace refreshes (kept/projected directions) and per-timestep held-out loss are in the JSON.
+subspace refreshes (kept/projected directions), the timestep window it sampled (``window``, from the run's
+recorded config) and per-timestep held-out loss are in the JSON.
 """
 from __future__ import annotations
 
@@ -110,7 +112,8 @@ def one_run(model_ref: str, subject, seed: int, cfg: dict, runner_eval: bool = F
     if runner_eval and not math.isclose(res.heldout_loss_after, scored["mean"], rel_tol=1e-5):
         raise RuntimeError(f"held-out loss after: runner {res.heldout_loss_after} vs benchmark {scored['mean']}")
     return {"seed": seed, "before": res.heldout_loss_before, "after": scored["mean"],
-            "per_timestep_after": scored["per_t"], "refreshes": list(log), "train_s": round(res.train_s, 1)}
+            "per_timestep_after": scored["per_t"], "refreshes": list(log), "train_s": round(res.train_s, 1),
+            "window": [res.config["timestep_min"], res.config["timestep_max"]]}
 
 
 def _worker_init() -> None:

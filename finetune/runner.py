@@ -12,7 +12,8 @@ activations, but not a transient full-precision copy that a quantizing method lo
 that loading peak is ``load_peak_bytes``):
 
 1. the model (``T2IModel`` or a reference) and the dataset (``SplitDataset`` or a reference) are resolved;
-2. the method prepares the model in place (quantize, adapters, placeholder token);
+2. the method prepares the model in place (quantize, adapters, placeholder token) and resolves any option
+   that depends on the model (zo-ti's SNR-matched timestep window): ``result.config`` is the config as run;
 3. the held-out denoising loss *before* training is measured on the prepared model (for textual
    inversion that is the initializer word's loss; for PEQA/TuneQDM the freshly quantized model's);
 4. training images are encoded once (VAE latents or pixels; prompt embeddings too when the text encoder
@@ -210,7 +211,7 @@ def run(model, dataset, method: str, config: MethodConfig | dict | None = None, 
         artefacts = m.save(out)
 
     result = FinetuneResult(
-        method=method, config=cfg.to_dict(), model=str(model_ref), dataset=str(dataset_ref), steps=cfg.steps,
+        method=method, config=m.config.to_dict(), model=str(model_ref), dataset=str(dataset_ref), steps=cfg.steps,
         wall_s=time.perf_counter() - t_start, train_s=sum(times),
         step_s=(sum(times[1:]) / (len(times) - 1)) if len(times) > 1 else (times[0] if times else 0.0),
         peak_mem_bytes=int(train_peak), load_peak_bytes=int(meter.extra.get("peak_before_restart", 0)),

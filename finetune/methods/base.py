@@ -68,7 +68,9 @@ class MethodConfig:
         if self.optimizer == "remainder-in-backward" and self.max_grad_norm > 0:
             raise ValueError("max_grad_norm needs every gradient before the first update; it cannot be used "
                              "with optimizer='remainder-in-backward' (which steps inside backward)")
-        if not 0 <= self.timestep_min < self.timestep_max <= 1000:
+        lo = 0 if self.timestep_min is None else self.timestep_min  # None: the method resolves it (zo-ti)
+        hi = 1000 if self.timestep_max is None else self.timestep_max
+        if not 0 <= lo < hi <= 1000:
             raise ValueError(f"need 0 ≤ timestep_min < timestep_max ≤ 1000, got {self.timestep_min}, {self.timestep_max}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be ≥ 0, got {self.warmup_steps}")

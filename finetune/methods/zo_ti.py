@@ -19,8 +19,12 @@ through Adam's large ε.
   them per feature, fit PCA, find i* = the first index whose cumulative explained-variance ratio exceeds
   1 − ν (ν = 1e-3), and take P = the principal directions after i* (the low-variance ones). Until the next
   refresh ĝ ← ĝ − (ĝ Pᵀ) P. No projection before the first refresh.
-- **Partial uniform timestep sampling** (``timestep_min=500, timestep_max=900``, the defaults here): t ~
-  U{500, …, 899} of T = 1000; ``timestep_min=0, timestep_max=1000`` samples the full range.
+- **Partial uniform timestep sampling**: t ~ U{lo, …, hi − 1}. The paper's window is 500–899 of T = 1000
+  on SD 1.5's scaled-linear schedule; a step index means a noise level only through its schedule, so by
+  default (``timestep_min``/``timestep_max`` None) the window is that ᾱ_t (SNR) range on *this* model's
+  schedule (:func:`finetune.schedules.snr_matched_window`): 500–899 on SD 1.5 itself, 644–922 on the zoo's
+  cosine schedule. An end given by hand is a step of T = 1000 (scaled to the model's T) and is used as is;
+  ``timestep_min=0, timestep_max=1000`` samples the full range. The run's config records the window used.
 - **Optimiser**: Adam on ĝ, β = (0.9, 0.999), ε = 1e-3 added to √v̂, lr 5e-3 (paper).
 - The model is quantized first: INT8 weights for every Linear/Conv2d of the denoiser, the text encoder
   and the VAE (the embedding table stays in full precision: θ is a row of it), symmetric min–max codes,
@@ -32,7 +36,7 @@ Output: ``learned_embeds.safetensors`` ``{token: [1, d]}``, diffusers' textual-i
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +45,10 @@ import torch
 from finetune.methods.base import Method, MethodConfig, TrainData, option
 from finetune.methods.registry import register
 from finetune.methods.tokens import add_placeholder_, save_embedding
+
+
+#: ZOODiP's partial timestep window [500, 900) of T = 1000, chosen on SD 1.5's schedule.
+PAPER_WINDOW = (500, 900)
 
 
 @dataclass
@@ -60,8 +68,11 @@ class ZOTIConfig(MethodConfig):
     quant_bits: int = option(8, "weight bits of the quantized denoiser, text encoder and VAE")
     plan: str | dict | None = option(None, "a BitPlan from mandc quantize (JSON path or dict) for the denoiser; "
                                            "the text encoder and VAE stay at quant_bits")
-    timestep_min: int = option(500, "partial timestep sampling: t ~ U{timestep_min..timestep_max-1} (0: full range)")
-    timestep_max: int = option(900, "upper end (exclusive) of the sampled timesteps, of T=1000 (1000: full range)")
+    timestep_min: int | None = option(None, "partial timestep sampling: t ~ U{timestep_min..timestep_max-1} of "
+                                            "T=1000 (0: from the start); none: the paper's 500 on SD 1.5, mapped "
+                                            "to this model's schedule by matching ᾱ_t (SNR)")
+    timestep_max: int | None = option(None, "upper end (exclusive) of the sampled timesteps, of T=1000 (1000: to "
+                                            "the end); none: the paper's 900 on SD 1.5, SNR-matched like timestep_min")
 
     def validate(self) -> None:
         super().validate()
@@ -151,6 +162,31 @@ class ZeroOrderTI(Method):
         self.v = torch.zeros_like(theta, dtype=torch.float32)
         self.t = 0
         self.projector = SubspaceProjector(c.tau, c.nu) if c.subspace else None
+        self.window = self.timestep_window()
+        # the run records the window it sampled (of T=1000, the fields' unit), not None
+        T = m.num_train_timesteps
+        self.config = replace(c, timestep_min=round(self.window[0] * 1000 / T),
+                              timestep_max=round(self.window[1] * 1000 / T))
+
+    def timestep_window(self) -> tuple[int, int]:
+        """``(lo, hi)``: t ~ U{lo, …, hi − 1} in the model's own timesteps. An end given in the config is
+        scaled from T = 1000; an end left None is the paper's (:data:`PAPER_WINDOW`, on SD 1.5) mapped to the
+        model's schedule by ᾱ_t (:func:`finetune.schedules.snr_matched_window`)."""
+        from finetune.schedules import snr_matched_window
+
+        c, T = self.config, self.model.num_train_timesteps
+        matched = snr_matched_window(self.model.scheduler, PAPER_WINDOW) if None in (c.timestep_min, c.timestep_max) \
+            else None
+        lo = matched[0] if c.timestep_min is None else int(c.timestep_min * T / 1000)
+        hi = matched[1] if c.timestep_max is None else int(c.timestep_max * T / 1000)
+        if not 0 <= lo < hi <= T:
+            snr = f"; none is {PAPER_WINDOW} SNR-matched to {matched}" if matched else ""
+            raise ValueError(f"zo-ti timestep window [{lo}, {hi}) of this model's {T} steps is empty (timestep_min="
+                             f"{c.timestep_min}, timestep_max={c.timestep_max}{snr}): set both by hand")
+        return lo, hi
+
+    def sample_timesteps(self, n: int, g: torch.Generator) -> torch.Tensor:
+        return torch.randint(*self.window, (n,), generator=g)
 
     @classmethod
     def estimate_prepare_(cls, model, c):

@@ -194,6 +194,52 @@ def test_zo_ti_builds_no_graph_and_quantizes_everything(small_data, tmp_path):
         assert any(isinstance(m, QuantLayer) and m.bits == 8 for m in module.modules())
 
 
+def _sampled_timesteps(model: T2IModel) -> list[int]:
+    """Record every timestep the denoiser is called with (training only: run with evaluate_loss=False)."""
+    seen, denoise = [], model.denoise
+
+    def recording(x_t, t, cond):
+        seen.extend(torch.as_tensor(t).flatten().tolist())
+        return denoise(x_t, t, cond)
+
+    model.denoise = recording
+    return seen
+
+
+def test_zo_ti_samples_the_snr_matched_window_by_default(small_data, tmp_path):
+    """The tiny model has the zoo's cosine schedule: by default zo-ti samples the paper's SD 1.5 window mapped by
+    ᾱ_t (644–922), records it in the run's config, and leaves the caller's config as given."""
+    from finetune.methods.zo_ti import ZOTIConfig, ZeroOrderTI
+
+    model = tiny_model()
+    seen = _sampled_timesteps(model)
+    cfg = ZOTIConfig(**cfg_for("zo-ti", steps=8))
+    res = run(model, small_data, "zo-ti", cfg, tmp_path, evaluate_loss=False)
+    assert (res.config["timestep_min"], res.config["timestep_max"]) == (644, 923)
+    assert json.loads((tmp_path / "result.json").read_text())["config"]["timestep_max"] == 923
+    assert cfg.timestep_min is None and cfg.timestep_max is None
+    assert len(seen) == 8 * 3 and all(644 <= t < 923 for t in seen)   # n + 1 = 3 passes per step, one t each
+    method = ZeroOrderTI(tiny_model(), ZOTIConfig(**cfg_for("zo-ti")))
+    method.setup_()
+    t = method.sample_timesteps(4000, torch.Generator().manual_seed(0))
+    assert int(t.min()) == 644 and int(t.max()) == 922
+    with pytest.raises(ValueError, match="timestep window .* empty"):  # 950 by hand, above the matched end
+        run(tiny_model(), small_data, "zo-ti", cfg_for("zo-ti", timestep_min=950), tmp_path / "bad")
+
+
+@pytest.mark.parametrize("given, window", [({"timestep_min": 0, "timestep_max": 1000}, (0, 1000)),
+                                           ({"timestep_min": 500, "timestep_max": 900}, (500, 900)),
+                                           ({"timestep_min": 700}, (700, 923))])
+def test_zo_ti_window_by_hand(given, window, small_data, tmp_path):
+    """An end given by hand is used as is (here: the full range, the paper's steps unmapped); an end left None is
+    still SNR-matched."""
+    model = tiny_model()
+    seen = _sampled_timesteps(model)
+    res = run(model, small_data, "zo-ti", cfg_for("zo-ti", **given), tmp_path, evaluate_loss=False)
+    assert (res.config["timestep_min"], res.config["timestep_max"]) == window
+    assert seen and all(window[0] <= t < window[1] for t in seen)
+
+
 def test_subspace_projector_removes_low_variance_directions():
     """θ's history moves in 3 directions only: PCA (on the per-feature standardised history) keeps those 3
     and P is exactly the other 13, orthogonal to them; projecting leaves a high-variance direction alone

@@ -46,6 +46,8 @@ def test_lora_artefact_loads_with_load_lora_weights(sd_folder, tmp_path, method)
 def test_textual_inversion_artefact_loads_with_load_textual_inversion(sd_folder, tmp_path, method):
     res = run(str(sd_folder), "builtin:shapes_circles", method, {"steps": 2, "initializer": "a"}, tmp_path / method,
               evaluate_loss=False)
+    if method == "zo-ti":  # SD 1.5's scaled-linear schedule: the SNR-matched window is the paper's, exactly
+        assert (res.config["timestep_min"], res.config["timestep_max"]) == (500, 900)
     path = res.artefacts["embedding"]
     (token, vec), = load_file(path).items()
     pipe = _pipe(sd_folder)
