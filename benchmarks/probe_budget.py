@@ -13,7 +13,8 @@ is the ground truth: a dataset's best model is the one with the lowest mean held
    on it by :func:`profiler.jobs.run_job` — the jobs the product's probe runs (:mod:`mandc.probing`:
    method ``full``, the reference's batch/lr/warm-up, seed ``PROBE_SEED`` = 2, which the reference did not
    use) — once for each step count of ``--steps``; records are cached in ``--work`` (a campaign folder, so
-   a killed run resumes). Each job also measures the zero-shot loss the first time (then reused).
+   a killed run resumes). Each job here measures the zero-shot loss too (the product's
+   later-round jobs reuse their model's, so ``cost`` below is an upper bound).
 3. **Policies**, scored by the same metrics as ``mandc.evaluate`` against the reference row:
    ``prior`` (no probe: the graph's top pick), ``halving k=K B=STEPS`` (:func:`mandc.probing.successive_halving`
    over the prior's top K with a budget of B training steps, the product's policy, answered from the

@@ -114,8 +114,10 @@ class JobProbe:
 
     The job is ``ProfileJob(model, dataset, "full", profiler.reference.budget(steps), PROBE_SEED)``; a record of
     the same job already in ``store`` (a probe run before: the job is deterministic) is reused instead of
-    training again. New records get ``purpose = "probe"`` and are added to ``store`` as each finishes, so an
-    interrupted probe keeps what it measured. A job that fails scores ``inf`` (it is eliminated) and its
+    training again, and a model's zero-shot loss, measured by its first job, is passed to its later ones
+    (``run_job(zero_shot_loss=)``: one held-out evaluation fewer per later round). New records get
+    ``purpose = "probe"`` and are added to ``store`` as each finishes, so an interrupted probe keeps what it
+    measured. A job that fails scores ``inf`` (it is eliminated) and its
     error is kept in :attr:`errors`. ``log`` gets one line per job."""
 
     def __init__(self, dataset: str, store=None, device: str | None = None, log: Callable[[str], None] | None = None):
@@ -123,6 +125,7 @@ class JobProbe:
         self.records: list[dict] = []       # every probe record used (new and reused)
         self.new = 0
         self.errors: dict[str, str] = {}
+        self.zero_shot: dict[str, float] = {}  # a model's pretrained loss: measured by its first job, reused after
 
     def job(self, model: str, steps: int):
         from profiler.reference import METHOD, budget
@@ -147,7 +150,9 @@ class JobProbe:
             from profiler.jobs import run_job
 
             self.log(f"probe: fine-tuning {model} for {steps} steps")
-            r = run_job(job, device=self.device)
+            # `full`'s zero-shot loss is seed- and step-free: a later round's job reuses the first one's
+            # (run_job then skips that evaluation; the record is the same)
+            r = run_job(job, device=self.device, zero_shot_loss=self.zero_shot.get(model))
             r.purpose = "probe"
             rec = r.to_dict()
             self.new += 1
@@ -161,6 +166,9 @@ class JobProbe:
             self.log(f"probe: {model}, {steps} steps: held-out loss {r.metrics['heldout_loss']:.4f} "
                      f"({r.wall_s:.0f} s)")
         self.records.append(rec)
+        zs = rec["metrics"].get("zero_shot_loss")
+        if zs is not None:
+            self.zero_shot.setdefault(model, float(zs))
         return float(rec["metrics"]["heldout_loss"])
 
 

@@ -76,3 +76,26 @@ def test_graph_ignores_probe_records():
     g = MatchingGraph.from_reference(recs, models, datasets, k=1)
     assert g.raw("d") == {"m1": 0.1}   # the 5-step probe's 0.05 is not a performance measurement
     assert list(g.runs("d")["m1"]) and len(g.runs("d")["m1"]) == 1
+
+
+def test_job_probe_reuses_a_models_zero_shot_loss_in_later_rounds(monkeypatch):
+    """The second round's job of a model gets the first job's zero-shot loss (run_job then skips that
+    evaluation); another model measures its own."""
+    import profiler.jobs
+    from mandc.probing import JobProbe
+
+    seen = []
+
+    def fake_run_job(job, device=None, zero_shot_loss=None):
+        seen.append((job.model, job.config["steps"], zero_shot_loss))
+        zs = 0.5 if zero_shot_loss is None else zero_shot_loss
+        return ProfileRecord(job_id=job.job_id, job=job, status="ok",
+                             metrics={"heldout_loss": 0.4 - 0.01 * job.config["steps"], "zero_shot_loss": zs})
+
+    monkeypatch.setattr(profiler.jobs, "run_job", fake_run_job)
+    probe = JobProbe("builtin:b")
+    out = successive_halving(["m1", "m2", "m3", "m4"], 80, probe, k=4)
+    assert out.rounds == [(4, 10), (2, 20)] and probe.new == 6
+    assert [z for m, s, z in seen if s == 10] == [None] * 4       # each model's first job measures it
+    assert [z for m, s, z in seen if s == 20] == [0.5, 0.5]       # the survivors reuse it
+    assert all(r["purpose"] == "probe" for r in probe.records)
