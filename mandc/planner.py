@@ -32,6 +32,11 @@ seeded from the shipped reference), a store/graph JSON file, or a :class:`~mandc
 held-out denoising loss on the target before any fine-tuning (forward passes only), and a selector
 fitted with the probe feature predicts from it. Skipped candidates are listed with the reason.
 
+``recommend(..., probe_budget=STEPS)`` spends training steps instead (:mod:`mandc.probing`): the first
+``probe_top`` available models of the ranking are fine-tuned on the target by successive halving and
+re-ordered by held-out loss (``source="probed"``); the runs are kept in the store as probe records, which
+never become performance edges.
+
 :meth:`Planner.feedback` adds a measured ProfileRecord to the store, so the next recommendation learns
 from every run.
 """
