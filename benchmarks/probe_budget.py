@@ -256,6 +256,9 @@ def main(argv=None) -> int:
                          "probe_seed": jobs[0].seed if jobs else None},
               "noise_ceiling": nc, "job_overhead_steps": round(e, 2), "runs": len(recs), "pairs": len(pairs),
               "datasets_scored": len(truth.profiled) - len(incomplete),
+              # what the probe campaign cost, from its own records (wall: whole jobs; train: the steps)
+              "job_wall_h": round(sum(r["wall_s"] for r in recs.values()) / 3600, 2),
+              "job_train_h": round(sum(r["train_s"] for r in recs.values()) / 3600, 2),
               "prior_seconds": round(t_prior, 1), "run_seconds": round(t_runs, 1), "protocols": table}
     for protocol, rows in table.items():
         print(f"\n{protocol.upper()} (noise ceiling {nc:.1%}; a job's overhead = {e:.1f} training steps)")

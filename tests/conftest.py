@@ -20,3 +20,13 @@ torch.set_num_threads(1)
 def _isolated_mandc_home(tmp_path_factory, monkeypatch):
     """The whole session shares one fresh $MANDC_HOME (zoo cache, graph store); a test may set its own."""
     monkeypatch.setenv("MANDC_HOME", str(tmp_path_factory.getbasetemp() / "mandc_home"))
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Each test starts on one torch thread (a test that changes it, or a library that does, cannot slow the
+    next ones: OpenMP spin-waits on a shared CPU made tiny-tensor tests up to 60× slower); restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

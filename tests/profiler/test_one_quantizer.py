@@ -24,14 +24,6 @@ ROOT = Path(__file__).resolve().parents[2]
 DATA = "builtin:shapes_circles"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors; avoids OpenMP spin-waits on a shared CPU
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
     """``(base model, plan path, the denoiser mandc quantize built and saved)``."""
