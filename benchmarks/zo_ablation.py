@@ -152,6 +152,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--plain-from", type=Path, default=None, metavar="JSON",
                     help="reuse the 'plain' runs of an earlier --json (same model, subject, steps, seeds and plain "
                          "config) instead of rerunning them: a sweep of subspace or window options leaves plain as is")
+    ap.add_argument("--reuse", type=Path, nargs="*", default=[], metavar="JSON",
+                    help="reuse any variant's runs from earlier --json files where model, subject, steps, seeds and "
+                         "that variant's config all match (e.g. 'timesteps' in a sweep of tau or nu)")
     ap.add_argument("--workers", type=int, default=1, help="runs in parallel (processes, one thread each)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -188,7 +191,17 @@ def main(argv=None) -> dict:
                              f"steps, plain config or seeds differ)")
         runs["plain"] = [have[s] for s in seeds]
         before = prev["loss_before"]
-    tasks = [(seed, name) for seed in seeds for name in configs if not (args.plain_from and name == "plain")]
+    for path in args.reuse:  # every variant whose runs an earlier file already has, config for config
+        prev = json.loads(path.read_text())
+        if (prev["model"], prev["subject"], prev["steps"]) != (args.model, subject.ref, args.steps):
+            continue
+        for name, p in prev["variants"].items():
+            have = {r["seed"]: r for r in p["runs"]}
+            if name in configs and not runs[name] and p["config"] == configs[name] and not set(seeds) - set(have):
+                runs[name] = [have[s] for s in seeds]
+                before = prev["loss_before"]
+                print(f"  {name}: {len(seeds)} runs reused from {path}", file=sys.stderr)
+    tasks = [(seed, name) for seed in seeds for name in configs if not runs[name]]
     score_first = before is None  # the first run also lets the runner score before/after (see one_run)
     done = {}
     with ProcessPoolExecutor(args.workers, initializer=_worker_init) as pool:
@@ -211,6 +224,9 @@ def main(argv=None) -> dict:
     for name in configs:
         if name != "plain":
             summary[name]["vs_plain"] = paired_stats(after[name], after["plain"])
+        if name in ("subspace", "zoodip") and "timesteps" in configs and name != "timesteps":
+            # what the projection adds on top of the window alone (zoodip) or costs (subspace)
+            summary[name]["vs_timesteps"] = paired_stats(after[name], after["timesteps"])
     out = {"model": args.model, "subject": subject.ref, "seeds": seeds, "steps": args.steps, "loss_before": before,
            "set": base,
            "window": args.window, "variants": summary, "wall_s": round(time.perf_counter() - t0, 1)}
@@ -227,6 +243,11 @@ def main(argv=None) -> dict:
         else:
             row += " — | — | — | — |"
         print(row)
+    for name, s in summary.items():
+        if "vs_timesteps" in s:
+            v = s["vs_timesteps"]
+            print(f"\n{name} − timesteps: {v['mean_diff']:+.5f} [{v['ci95'][0]:+.5f}, {v['ci95'][1]:+.5f}], "
+                  f"p {v['p_ttest']:.3g} (t-test), {v['p_wilcoxon']:.3g} (Wilcoxon), {v['wins']}/{v['n']} seeds ahead")
     print(f"\nloss before (initializer word): {before:.5f}; wall {out['wall_s']} s")
     if args.json:
         from data.io import atomic_write

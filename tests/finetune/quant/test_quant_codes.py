@@ -64,3 +64,32 @@ def test_zero_rows_and_bad_input():
         quantize_weight(w, 4, init="mse")
     with pytest.raises(ValueError, match="clip_ratios"):
         quantize_weight(w, 4, clip_ratios=[1.5])
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_clip_search_is_the_first_best_ratio_per_row(symmetric, monkeypatch):
+    """The blocked, all-ratios-at-once search picks, per row, exactly the first ratio of the grid with the
+    smallest weight MSE: checked against scoring each ratio alone, with blocks of a few rows (the search's
+    block boundaries fall inside the weight), an all-zero row and a repeated ratio."""
+    import finetune.quant.weight_init as wi
+
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(13, 3, 3, 3, generator=g) * torch.linspace(0.05, 2, 13)[:, None, None, None]
+    w[2, 0, 0, 0] = 9.0
+    w[5] = 0.0
+    ratios = (0.5, 0.75, 0.75, 0.9, 1.0)
+    monkeypatch.setattr(wi, "_SEARCH_BLOCK", len(ratios) * 27 * 4)  # 4 rows a block
+    codes, z, s = quantize_weight(w, 3, symmetric=symmetric, clip_ratios=ratios)
+    w2 = w.reshape(13, -1)
+    lo, hi = w2.amin(1).clamp(max=0), w2.amax(1).clamp(min=0)
+    errs, params = [], []
+    for r in ratios:
+        sr, zr = wi._affine_params(lo * r, hi * r, 3, symmetric)
+        errs.append(((wi._codes(w2, sr, zr, 3) - zr[:, None]) * sr[:, None] - w2).pow(2).mean(1))
+        params.append((sr, zr))
+    errs = torch.stack(errs)
+    first = [int(torch.nonzero(errs[:, o] == errs[:, o].min())[0]) for o in range(13)]
+    assert torch.equal(s, torch.stack([params[k][0][o] for o, k in enumerate(first)]))
+    assert torch.equal(z.float(), torch.stack([params[k][1][o] for o, k in enumerate(first)]))
+    assert torch.equal(codes, wi._codes(w2, s, z.float(), 3).to(torch.uint8))
+    assert len(set(first)) > 1  # the rows do not all choose the same ratio
