@@ -213,7 +213,7 @@ def run_model(name: str, args) -> dict:
 
     # the default allocator, as mandc quantize / mandc plan run it (its own K and sensitivity estimate)
     cfg_d = MPQConfig(n_calib=args.n_calib, time_limit=args.time_limit, sens_timesteps=args.sensitivity_timesteps,
-                      sens_samples=args.sensitivity_samples)
+                      sens_samples=args.sensitivity_samples, sens_probes=args.sensitivity_probes)
     c0 = time.process_time()
     prof_d = profile_importance(model, batch, cfg_d.k, layers, range_timesteps=cfg_d.range_timesteps,
                                 range_samples=cfg_d.range_samples)
@@ -422,6 +422,8 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-lr", type=float, default=1e-4, help="PEQA scale lr (zoo scale; SD uses ~3e-6)")
     p.add_argument("--sensitivity-timesteps", type=int, default=2)
     p.add_argument("--sensitivity-samples", type=int, default=8)
+    p.add_argument("--sensitivity-probes", type=int, default=8,
+                   help="gradient probes per timestep of the default's sensitivity estimate (MPQConfig.sens_probes)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per model process")
     p.add_argument("--jobs", type=int, default=None, help="models run in parallel processes (default: one per model)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
