@@ -8,9 +8,9 @@ variants' samplers diverge):
 
 - ``plain``: neither addition (full timestep range, no subspace projection);
 - ``subspace``: the subspace gradient only;
-- ``timesteps``: partial uniform timestep sampling only (``zo-ti``'s default window: the paper's SD 1.5
+- ``timesteps``: partial uniform timestep sampling only (``zo-ti``'s defaults: the paper's SD 1.5
   window 500–899 mapped to the model's schedule by ᾱ_t, 644–922 on the zoo's cosine schedule);
-- ``zoodip``: both (``zo-ti``'s defaults).
+- ``zoodip``: both, as the paper (``zo-ti`` with ``subspace=True``).
 
 Subject personalisation as in ``benchmarks/finetune_quality.py``: the first ``--subject-images`` images
 of ``--subject``, prompt ``"a photo of {token}"``, scored by the held-out denoising loss of the subject's

@@ -3,8 +3,8 @@
     python benchmarks/zo_subspace.py [--model zoo:unet-xs-gradients] [--steps 384] [--seeds 3] [--set nu=1e-5]
                                      [--json FILE]
 
-Runs ``zo-ti`` with its defaults (subject, prompt and initializer as ``benchmarks/zo_ablation.py``) and, at
-every subspace refresh (every ``tau`` steps), compares the projector's directions with the backprop gradient
+Runs ``zo-ti`` with the paper's subspace gradient on (``subspace=True``, otherwise its defaults; subject,
+prompt and initializer as ``benchmarks/zo_ablation.py``) and, at every subspace refresh (every ``tau`` steps), compares the projector's directions with the backprop gradient
 ``g = ∇_θ L`` of the denoising loss at the current token embedding θ ``[d]``: the subject's training images,
 each at ``--probe-timesteps`` timesteps evenly spread over the run's window, one fixed noise draw (the quantized
 model, as the run sees it). With ``P`` ``[k, d]`` the projected-out directions and ``K`` ``[i*+1, d]`` the kept
@@ -106,7 +106,7 @@ def one_run(model_ref: str, subject, seed: int, steps: int, probe_timesteps: int
     try:
         with tempfile.TemporaryDirectory() as d:
             res = run(load_model(model_ref), subject, "zo-ti",
-                      {"steps": steps, "checkpoint_every": 0, "template": PROMPT, "initializer": "object",
+                      {"steps": steps, "checkpoint_every": 0, "template": PROMPT, "initializer": "object", "subspace": True,
                        **(options or {}), "seed": seed}, d, force=True, evaluate_loss=False)
     finally:
         ZeroOrderTI.step = orig
