@@ -249,12 +249,17 @@ def main(argv=None) -> dict:
             print(f"\n{name} − timesteps: {v['mean_diff']:+.5f} [{v['ci95'][0]:+.5f}, {v['ci95'][1]:+.5f}], "
                   f"p {v['p_ttest']:.3g} (t-test), {v['p_wilcoxon']:.3g} (Wilcoxon), {v['wins']}/{v['n']} seeds ahead")
     print(f"\nloss before (initializer word): {before:.5f}; wall {out['wall_s']} s")
-    if args.json:
+    write_json(args.json, out)
+    return out
+
+
+def write_json(path: Path | None, out: dict) -> None:
+    """``out`` as indented JSON at ``path`` (atomically; nothing when ``path`` is None)."""
+    if path:
         from data.io import atomic_write
 
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(args.json, json.dumps(out, indent=2))
-    return out
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

@@ -130,7 +130,7 @@ def main(argv=None) -> dict:
 
     sys.path.insert(0, str(Path(__file__).parent))
     from finetune_quality import subject_dataset
-    from zo_ablation import parse_set
+    from zo_ablation import parse_set, write_json
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -149,11 +149,7 @@ def main(argv=None) -> dict:
            "probe_timesteps": args.probe_timesteps, "mean": summary, "runs": runs,
            "wall_s": round(time.perf_counter() - t0, 1)}
     print(json.dumps(out, indent=2))
-    if args.json:
-        from data.io import atomic_write
-
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(args.json, json.dumps(out, indent=2))
+    write_json(args.json, out)
     return out
 
 
