@@ -65,7 +65,6 @@ def true_gradient(method, data, timesteps: list[int], seed: int = 0):
 
 def one_run(model_ref: str, subject, seed: int, steps: int, probe_timesteps: int, options: dict | None = None) -> dict:
     import numpy as np
-    import torch
 
     from finetune.load import load_model
     from finetune.methods.zo_ti import ZeroOrderTI
@@ -85,11 +84,8 @@ def one_run(model_ref: str, subject, seed: int, steps: int, probe_timesteps: int
             ts = np.linspace(lo, hi - 1, probe_timesteps).round().astype(int).tolist()
             grad = true_gradient(self, data, ts).float()
             P = p.P
-            H = torch.stack(p.history).double()
-            std = H.std(0, unbiased=False)
-            Z = (H - H.mean(0)) / torch.where(std > 0, std, torch.ones_like(std))
-            Vh = torch.linalg.svd(Z, full_matrices=False)[2].float()
-            keep = Vh[: Vh.shape[0] - P.shape[0]]
+            Vh, i_star = p.components()                 # the same PCA the refresh just made
+            keep = Vh[: i_star + 1].float()
             gg = float(grad @ grad)
             rows.append({"step": self.t, "d": int(grad.numel()), "projected": int(P.shape[0]),
                          "kept": int(keep.shape[0]), "projected_share": P.shape[0] / grad.numel(),

@@ -115,8 +115,9 @@ class SubspaceProjector:
             self.history[self.pos] = theta.detach().float().clone()
         self.pos = (self.pos + 1) % self.tau
 
-    def refresh(self) -> int:
-        """Recompute P from the history; returns i* (the number of kept high-variance directions − 1)."""
+    def components(self) -> tuple[torch.Tensor, int]:
+        """The history's principal directions ``[k, d]`` (float64, by decreasing variance) and i*: rows
+        ``0 … i*`` are the kept high-variance ones, the rest the low-variance ones a refresh projects out."""
         H = torch.stack(self.history).double()                          # [τ, d]
         std = H.std(0, unbiased=False)
         Z = (H - H.mean(0)) / torch.where(std > 0, std, torch.ones_like(std))  # StandardScaler
@@ -125,8 +126,12 @@ class SubspaceProjector:
         var = S[:k] ** 2
         ratio = torch.cumsum(var / var.sum(), 0) if var.sum() > 0 else torch.ones(k, dtype=var.dtype)
         above = torch.nonzero(ratio > 1 - self.nu)
-        i_star = int(above[0]) if len(above) else k - 1
-        self.P = Vh[i_star + 1 : k].float()                              # [k − i* − 1, d]
+        return Vh[:k], int(above[0]) if len(above) else k - 1
+
+    def refresh(self) -> int:
+        """Recompute P from the history; returns i* (the number of kept high-variance directions − 1)."""
+        Vh, i_star = self.components()
+        self.P = Vh[i_star + 1:].float()                                 # [k − i* − 1, d]
         return i_star
 
     def project(self, g: torch.Tensor) -> torch.Tensor:
